@@ -1,0 +1,198 @@
+"""MobileFaceNet in the arcface_torch ``mbf`` form.
+
+Building blocks (all convolutions without bias, explicit ZeroPadding2D):
+
+* ConvBlock   = Conv -> BN -> PReLU
+* LinearBlock = Conv -> BN
+* DepthWise(in, out, stride, groups=g, residual) =
+  ConvBlock 1x1 in->g -> ConvBlock 3x3 depthwise on g channels (stride s) ->
+  LinearBlock 1x1 g->out, plus an identity shortcut when residual
+* Residual(c, n, g) = n residual DepthWise(c, c, stride 1, groups g)
+
+Network with width multiplier ``scale`` (default 2) and ``blocks``
+(default ``(1, 4, 6, 2)``), matching arcface_torch's ``MobileFaceNet``::
+
+    stem        ConvBlock 3 -> 64s, 3x3, stride 2, pad 1          layers.0
+    stage1      blocks[0] == 1: ConvBlock 64s -> 64s, 3x3, pad 1,  layers.1
+                groups 64 (depthwise when s == 1, grouped conv
+                with s channels per group otherwise);
+                else Residual(64s, blocks[0], groups 128)
+    stage2_down DepthWise(64s -> 64s, stride 2, groups 128)        layers.2
+    stage2      Residual(64s, blocks[1], groups 128)               layers.3
+    stage3_down DepthWise(64s -> 128s, stride 2, groups 256)       layers.4
+    stage3      Residual(128s, blocks[2], groups 256)              layers.5
+    stage4_down DepthWise(128s -> 128s, stride 2, groups 512)      layers.6
+    stage4      Residual(128s, blocks[3], groups 256)              layers.7
+    conv_sep    ConvBlock 1x1 128s -> 512                          conv_sep
+    GDC         LinearBlock depthwise 7x7 (valid) -> Flatten ->    features
+                Dense(embd_shape, no bias) -> BN
+
+Note: the expansion widths ("groups") 128/256/512/256 and the 64 groups of
+the stage-1 conv are *not* multiplied by ``scale`` in arcface_torch; they are
+kept fixed here as well so that the official weights map onto this model
+(with scale=2 and a 512-d embedding this gives 2,059,520 PyTorch-way
+parameters, arcface_torch's "about 2.0 M").
+
+Layer names inside a DepthWise unit with prefix ``P`` (e.g. ``stage3_down``
+or ``stage3_block4``)::
+
+    P_expand_conv / P_expand_bn / P_expand_prelu     layers.0 (ConvBlock 1x1)
+    P_dw_conv / P_dw_bn / P_dw_prelu                 layers.1 (ConvBlock 3x3)
+    P_project_conv / P_project_bn                    layers.2 (LinearBlock)
+
+and ``gdc_conv`` / ``gdc_bn`` / ``embedding_fc`` / ``embedding_bn`` for
+arcface_torch's ``features.layers.0`` / ``.2`` / ``.3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+from arcface.errors import ConfigError
+
+from .common import (BN_EPSILON, BN_MOMENTUM, GroupedConv2D, PixelNormalization, batch_norm,
+                     image_input, prelu)
+from .registry import register_backbone
+
+__all__ = ["build_mobilefacenet"]
+
+
+def _kaiming_fan_out(fan_out: int) -> keras.initializers.Initializer:
+    """arcface_torch's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``.
+
+    PyTorch's fan_out is ``out_channels * kh * kw`` for every conv (grouped and
+    depthwise ones included) and ``out_features`` for a Linear layer.
+    """
+    return keras.initializers.RandomNormal(stddev=(2.0 / fan_out) ** 0.5)
+
+
+def _conv(x, filters: int, kernel, stride: int, padding: int, groups: int, name: str):
+    """Bias-free conv with PyTorch-style explicit zero padding.
+
+    ``groups == in_channels == filters`` uses ``DepthwiseConv2D``; other
+    ``groups > 1`` use :class:`GroupedConv2D` (same kernel layout as a grouped ``Conv2D``).
+    """
+    in_channels = x.shape[-1]
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    init = _kaiming_fan_out(filters * kh * kw)
+    if padding:
+        x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    if groups > 1 and groups == in_channels == filters:
+        return layers.DepthwiseConv2D(
+            (kh, kw),
+            strides=stride,
+            padding="valid",
+            use_bias=False,
+            depthwise_initializer=init,
+            name=name,
+        )(x)
+    if groups > 1:
+        return GroupedConv2D(filters, (kh, kw), groups, strides=stride, kernel_initializer=init,
+                             name=name)(x)
+    return layers.Conv2D(
+        filters,
+        (kh, kw),
+        strides=stride,
+        padding="valid",
+        use_bias=False,
+        kernel_initializer=init,
+        name=name,
+    )(x)
+
+
+def _conv_block(x, filters, kernel, stride, padding, groups, prefix):
+    x = _conv(x, filters, kernel, stride, padding, groups, f"{prefix}_conv")
+    x = batch_norm(f"{prefix}_bn")(x)
+    return prelu(f"{prefix}_prelu")(x)
+
+
+def _linear_block(x, filters, kernel, stride, padding, groups, prefix):
+    x = _conv(x, filters, kernel, stride, padding, groups, f"{prefix}_conv")
+    return batch_norm(f"{prefix}_bn")(x)
+
+
+def _depthwise_unit(x, out_channels: int, stride: int, groups: int, residual: bool, prefix: str):
+    shortcut = x
+    y = _conv_block(x, groups, 1, 1, 0, 1, f"{prefix}_expand")
+    y = _conv_block(y, groups, 3, stride, 1, groups, f"{prefix}_dw")
+    y = _linear_block(y, out_channels, 1, 1, 0, 1, f"{prefix}_project")
+    if residual:
+        y = layers.Add(name=f"{prefix}_add")([y, shortcut])
+    return y
+
+
+def _residual(x, channels: int, num_block: int, groups: int, prefix: str):
+    for j in range(1, num_block + 1):
+        x = _depthwise_unit(x, channels, 1, groups, True, f"{prefix}_block{j}")
+    return x
+
+
+def build_mobilefacenet(
+    embd_shape: int = 512,
+    input_size: int = 112,
+    dropout: float = 0.0,
+    name: str | None = None,
+    scale: int = 2,
+    blocks: Sequence[int] = (1, 4, 6, 2),
+) -> keras.Model:
+    """Build arcface_torch's MobileFaceNet (``mbf``; ``scale=4, blocks=(2, 8, 12, 4)``
+    gives ``mbf_large``).
+
+    ``dropout`` (0 in arcface_torch) is applied after the GDC flatten, before
+    ``embedding_fc``.  The GDC depthwise kernel covers the whole final feature
+    map (7x7 for 112x112 inputs, the only size the reference supports).
+    """
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ConfigError(f"MobileFaceNet scale must be a positive integer, got {scale!r}")
+    try:
+        blocks = tuple(int(b) for b in blocks)
+    except (TypeError, ValueError):
+        raise ConfigError(f"MobileFaceNet blocks must be 4 integers, got {blocks!r}") from None
+    if len(blocks) != 4 or any(b < 1 for b in blocks):
+        raise ConfigError(f"MobileFaceNet blocks must be 4 integers >= 1, got {blocks!r}")
+    if input_size < 16:
+        raise ConfigError(f"MobileFaceNet needs input_size >= 16, got {input_size}")
+    c1, c2 = 64 * scale, 128 * scale
+
+    inputs = image_input(input_size)
+    x = PixelNormalization(name="pixel_norm")(inputs)
+    x = _conv_block(x, c1, 3, 2, 1, 1, "stem")
+    if blocks[0] == 1:
+        x = _conv_block(x, c1, 3, 1, 1, 64, "stage1")
+    else:
+        x = _residual(x, c1, blocks[0], 128, "stage1")
+    x = _depthwise_unit(x, c1, 2, 128, False, "stage2_down")
+    x = _residual(x, c1, blocks[1], 128, "stage2")
+    x = _depthwise_unit(x, c2, 2, 256, False, "stage3_down")
+    x = _residual(x, c2, blocks[2], 256, "stage3")
+    x = _depthwise_unit(x, c2, 2, 512, False, "stage4_down")
+    x = _residual(x, c2, blocks[3], 256, "stage4")
+    x = _conv_block(x, 512, 1, 1, 0, 1, "conv_sep")
+
+    # GDC head: global depthwise conv over the whole (7x7) map, then linear.
+    kernel = tuple(int(d) for d in x.shape[1:3])
+    x = _linear_block(x, 512, kernel, 1, 0, 512, "gdc")  # gdc_conv, gdc_bn
+    x = layers.Flatten(name="gdc_flatten")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="gdc_dropout")(x)
+    x = layers.Dense(
+        embd_shape,
+        use_bias=False,
+        kernel_initializer=_kaiming_fan_out(embd_shape),
+        name="embedding_fc",
+    )(x)
+    outputs = layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="embedding_bn"
+    )(x)
+    return keras.Model(inputs, outputs, name=name or "MobileFaceNet")
+
+
+@register_backbone("MobileFaceNet", "mbf", "mobilefacenet")
+def mobilefacenet(
+    embd_shape=512, input_size=112, dropout=0.0, name=None, scale=2, blocks=(1, 4, 6, 2)
+):
+    """MobileFaceNet (arcface_torch ``mbf``); kwargs ``scale`` and ``blocks``."""
+    return build_mobilefacenet(embd_shape, input_size, dropout, name, scale=scale, blocks=blocks)

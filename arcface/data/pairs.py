@@ -1,0 +1,287 @@
+"""Face-verification pair sets: LFW-style ``pairs.txt`` folders and a common :class:`PairSet`.
+
+``pairs.txt`` format (LFW): an optional header ``n_folds<TAB>n_per_fold``, then
+for each fold ``n_per_fold`` *same* lines ``name<TAB>idx1<TAB>idx2`` followed by
+``n_per_fold`` *different* lines ``name1<TAB>idx1<TAB>name2<TAB>idx2``. The image
+of ``(name, idx)`` is ``{image_root}/{name}/{name}_{idx:04d}.{ext}``. Fields may
+also be separated by spaces and blank lines are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from arcface.errors import DataFormatError
+
+__all__ = [
+    "PairSet",
+    "LfwPair",
+    "read_lfw_pairs",
+    "write_lfw_pairs",
+    "load_pairs_dir",
+    "load_verification_set",
+    "DEFAULT_N_FOLDS",
+    "chunk_folds",
+]
+
+DEFAULT_N_FOLDS = 10
+
+
+@dataclass
+class PairSet:
+    """A verification set: ``left[i]`` and ``right[i]`` are the same person iff ``issame[i]``.
+
+    Elements of ``left`` / ``right`` are image file paths (``str``) or encoded
+    image bytes; both are accepted by :func:`arcface.data.images.decode_image`.
+    ``folds[i]`` is the cross-validation fold (``0 .. n_folds-1``) of pair ``i``.
+    """
+
+    name: str
+    left: list
+    right: list
+    issame: np.ndarray
+    folds: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.issame = np.asarray(self.issame, dtype=bool)
+        self.folds = np.asarray(self.folds, dtype=np.int64)
+        n = len(self.issame)
+        if not (len(self.left) == len(self.right) == n == len(self.folds)):
+            raise DataFormatError(
+                f"{self.name}: left/right/issame/folds lengths differ "
+                f"({len(self.left)}, {len(self.right)}, {n}, {len(self.folds)})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.issame)
+
+    @property
+    def n_folds(self) -> int:
+        """Number of folds (``max(folds) + 1``; 0 for an empty set)."""
+        return int(self.folds.max()) + 1 if len(self.folds) else 0
+
+
+class LfwPair(NamedTuple):
+    """One line of ``pairs.txt``; a *same* line has ``name2 == name1``."""
+
+    name1: str
+    idx1: int
+    name2: str
+    idx2: int
+
+    @property
+    def issame(self) -> bool:
+        return self.name1 == self.name2
+
+
+def chunk_folds(n: int, n_folds: int = DEFAULT_N_FOLDS) -> np.ndarray:
+    """Fold index of ``n`` items split into ``n_folds`` consecutive near-equal chunks.
+
+    Matches ``sklearn.model_selection.KFold(n_folds, shuffle=False)``: the first
+    ``n % n_folds`` folds get one extra item.
+    """
+    sizes = np.full(n_folds, n // n_folds, dtype=np.int64)
+    sizes[: n % n_folds] += 1
+    return np.repeat(np.arange(n_folds, dtype=np.int64), sizes)
+
+
+def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path`` and move it into place."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _parse_index(token: str, path: str, lineno: int) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise DataFormatError(f"{path}:{lineno}: image index {token!r} is not an integer") from None
+    if value < 0:
+        raise DataFormatError(f"{path}:{lineno}: negative image index {value}")
+    return value
+
+
+def _parse_pairs_file(pairs_path: str | os.PathLike) -> tuple[list[LfwPair], tuple[int, int] | None]:
+    """Parse a pairs file; returns the pairs and the ``(n_folds, n_per_fold)`` header if any."""
+    path = os.fspath(pairs_path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: pairs file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataFormatError(f"{path}: cannot read pairs file ({e})") from None
+
+    pairs: list[LfwPair] = []
+    header: tuple[int, int] | None = None
+    header_line = 0
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if not pairs and header is None and len(fields) <= 2 and all(s.isdigit() for s in fields):
+            values = [int(s) for s in fields]
+            header = (values[0], values[1]) if len(values) == 2 else (1, values[0])
+            header_line = lineno
+            if min(header) <= 0:
+                raise DataFormatError(f"{path}:{lineno}: header values must be positive, got {line.strip()!r}")
+            continue
+        if len(fields) == 3:
+            name, i1, i2 = fields
+            pairs.append(LfwPair(name, _parse_index(i1, path, lineno), name, _parse_index(i2, path, lineno)))
+        elif len(fields) == 4:
+            n1, i1, n2, i2 = fields
+            pairs.append(LfwPair(n1, _parse_index(i1, path, lineno), n2, _parse_index(i2, path, lineno)))
+        else:
+            raise DataFormatError(
+                f"{path}:{lineno}: expected 'name idx1 idx2' or 'name1 idx1 name2 idx2', "
+                f"got {len(fields)} fields: {line.strip()[:80]!r}"
+            )
+    if not pairs:
+        raise DataFormatError(f"{path}: no pairs in file")
+    if header is not None and 2 * header[0] * header[1] != len(pairs):
+        raise DataFormatError(
+            f"{path}:{header_line}: header says {header[0]} folds x {header[1]} x 2 = "
+            f"{2 * header[0] * header[1]} pairs but the file has {len(pairs)}"
+        )
+    return pairs, header
+
+
+def read_lfw_pairs(pairs_path: str | os.PathLike) -> list[LfwPair]:
+    """Parse an LFW-format pairs file into a list of :class:`LfwPair`.
+
+    Raises:
+        DataFormatError: missing file, or a malformed line (message has file:line).
+    """
+    return _parse_pairs_file(pairs_path)[0]
+
+
+def write_lfw_pairs(
+    path: str | os.PathLike,
+    pairs: Sequence[LfwPair | Sequence],
+    n_folds: int,
+    n_per_fold: int,
+) -> None:
+    """Write pairs in LFW format: header, then per fold ``n_per_fold`` same then different pairs.
+
+    ``pairs`` holds :class:`LfwPair` or tuples ``(name, idx1, idx2)`` /
+    ``(name1, idx1, name2, idx2)``. Raises DataFormatError when the count or the
+    same/different order does not match ``n_folds`` x ``n_per_fold``.
+    """
+    norm: list[LfwPair] = []
+    for k, p in enumerate(pairs):
+        if len(p) == 3:
+            norm.append(LfwPair(str(p[0]), int(p[1]), str(p[0]), int(p[2])))
+        elif len(p) == 4:
+            norm.append(LfwPair(str(p[0]), int(p[1]), str(p[2]), int(p[3])))
+        else:
+            raise DataFormatError(f"pair {k}: expected 3 or 4 fields, got {p!r}")
+        q = norm[-1]
+        if any(not n or any(c.isspace() for c in n) for n in (q.name1, q.name2)) or min(q.idx1, q.idx2) < 0:
+            raise DataFormatError(f"pair {k}: names must be non-empty without whitespace, indices >= 0: {p!r}")
+    if len(norm) != 2 * n_folds * n_per_fold:
+        raise DataFormatError(f"{len(norm)} pairs given, expected 2 x {n_folds} folds x {n_per_fold} per fold")
+    lines = [f"{n_folds}\t{n_per_fold}\n"]
+    for k, q in enumerate(norm):
+        want_same = (k // n_per_fold) % 2 == 0
+        if q.issame != want_same:
+            raise DataFormatError(
+                f"pair {k}: expected a {'same' if want_same else 'different'} pair at this position "
+                f"(each fold is {n_per_fold} same then {n_per_fold} different pairs)"
+            )
+        if q.issame:
+            lines.append(f"{q.name1}\t{q.idx1}\t{q.idx2}\n")
+        else:
+            lines.append(f"{q.name1}\t{q.idx1}\t{q.name2}\t{q.idx2}\n")
+    _atomic_write(path, "".join(lines).encode("utf-8"))
+
+
+def _image_path(root: str, name: str, idx: int, ext: str) -> str:
+    return os.path.join(root, name, f"{name}_{idx:04d}.{ext}")
+
+
+def load_pairs_dir(
+    dir_or_pairs_file: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    ext: str = "jpg",
+    name: str | None = None,
+) -> PairSet:
+    """Load a pairs folder (``pairs.txt`` + one image folder per person) as a :class:`PairSet`.
+
+    ``image_root`` defaults to the folder of the pairs file; ``name`` to that
+    folder's name (or the file's stem when it is not called ``pairs.txt``).
+    Folds come from the header when present, else 10 consecutive chunks.
+
+    Raises:
+        DataFormatError: no pairs file, malformed lines, or missing images
+            (the message lists the first few).
+    """
+    src = Path(os.fspath(dir_or_pairs_file)).resolve()
+    pairs_file = src / "pairs.txt" if src.is_dir() else src
+    if not pairs_file.is_file():
+        raise DataFormatError(f"{pairs_file}: pairs file not found")
+    pairs, header = _parse_pairs_file(pairs_file)
+    root = os.path.abspath(os.fspath(image_root)) if image_root is not None else str(pairs_file.parent)
+    ext = ext.lstrip(".")
+    if name is None:
+        name = pairs_file.parent.name if pairs_file.name == "pairs.txt" else pairs_file.stem
+
+    left = [_image_path(root, p.name1, p.idx1, ext) for p in pairs]
+    right = [_image_path(root, p.name2, p.idx2, ext) for p in pairs]
+    missing = sorted(p for p in set(left) | set(right) if not os.path.isfile(p))
+    if missing:
+        shown = "\n  ".join(missing[:5])
+        raise DataFormatError(
+            f"{pairs_file}: {len(missing)} image file(s) referenced by the pairs are missing "
+            f"under {root}, e.g.:\n  {shown}"
+        )
+    n = len(pairs)
+    if header is not None:
+        folds = np.arange(n, dtype=np.int64) // (2 * header[1])
+    else:
+        folds = chunk_folds(n, DEFAULT_N_FOLDS)
+    issame = np.array([p.issame for p in pairs], dtype=bool)
+    return PairSet(name=name, left=left, right=right, issame=issame, folds=folds)
+
+
+def load_verification_set(path: str | os.PathLike, name: str | None = None) -> PairSet:
+    """Load a verification set from an InsightFace ``.bin``, a pairs folder, or a pairs ``.txt``.
+
+    Raises:
+        DataFormatError: the path does not exist or is none of those.
+    """
+    p = Path(os.fspath(path))
+    if p.is_file() and p.suffix.lower() == ".bin":
+        from arcface.data.verification_bin import read_verification_bin
+
+        return read_verification_bin(p, name=name)
+    if p.is_dir() and (p / "pairs.txt").is_file():
+        return load_pairs_dir(p, name=name)
+    if p.is_file() and p.suffix.lower() == ".txt":
+        return load_pairs_dir(p, name=name)
+    if not p.exists():
+        raise DataFormatError(f"{p}: verification set not found")
+    raise DataFormatError(
+        f"{p}: not a verification set (expected a .bin file, a pairs .txt file, "
+        f"or a folder containing pairs.txt)"
+    )
+

@@ -1,0 +1,84 @@
+"""Embedding files (.npz, no pickles): names, embeddings, optional labels and class names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from arcface.errors import DataFormatError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class EmbeddingSet:
+    names: np.ndarray           # (n,) unicode
+    embeddings: np.ndarray      # (n, d) float32
+    labels: np.ndarray | None   # (n,) int64, or None
+    class_names: np.ndarray | None
+
+
+def list_images(read_path: str | os.PathLike):
+    """``(names, paths, labels, class_names)`` of one image, a flat folder of images, or
+    an identity folder (one sub-folder per identity; then labels are given)."""
+    read_path = os.fspath(read_path)
+    if os.path.isfile(read_path):
+        return [os.path.basename(read_path)], [read_path], None, None
+    if not os.path.isdir(read_path):
+        raise DataFormatError(f"--read_path not found: {read_path}")
+    subdirs = sorted(d for d in os.listdir(read_path)
+                     if not d.startswith(".") and os.path.isdir(os.path.join(read_path, d)))
+    if subdirs:
+        from arcface.data.folders import scan_image_folder
+
+        folder = scan_image_folder(read_path)
+        names = [folder.name(i) for i in range(len(folder))]
+        return names, list(folder.paths), np.asarray(folder.labels, np.int64), list(folder.class_names)
+    files = sorted(f for f in os.listdir(read_path)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not files:
+        raise DataFormatError(f"{read_path}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files, [os.path.join(read_path, f) for f in files], None, None
+
+
+def save_embeddings(path: str | os.PathLike, names, embeddings, labels=None, class_names=None) -> None:
+    """Write an embeddings .npz atomically (temporary file, then rename)."""
+    path = os.fspath(path)
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or len(names) != len(embeddings):
+        raise DataFormatError(f"{len(names)} names for embeddings of shape {embeddings.shape}")
+    arrays = {"names": np.asarray(names, dtype=str), "embeddings": embeddings}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int64)
+    if class_names is not None:
+        arrays["class_names"] = np.asarray(class_names, dtype=str)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
+    """Read an embeddings .npz (written by :func:`save_embeddings` or by any tool that
+    stores ``embeddings`` and optionally ``names``/``labels``), validating it."""
+    path = os.fspath(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataFormatError(f"{path}: not a readable .npz file ({e})") from None
+    with data:
+        if "embeddings" not in data:
+            raise DataFormatError(f"{path}: no 'embeddings' array (found {sorted(data.files)})")
+        emb = np.asarray(data["embeddings"], np.float32)
+        if emb.ndim != 2 or len(emb) == 0:
+            raise DataFormatError(f"{path}: 'embeddings' must be a non-empty 2-D array, got {emb.shape}")
+        if not np.all(np.isfinite(emb)):
+            raise DataFormatError(f"{path}: 'embeddings' contains NaN or inf")
+        names = data["names"] if "names" in data else np.array([str(i) for i in range(len(emb))])
+        labels = np.asarray(data["labels"], np.int64) if "labels" in data else None
+        class_names = data["class_names"] if "class_names" in data else None
+    if len(names) != len(emb) or (labels is not None and len(labels) != len(emb)):
+        raise DataFormatError(f"{path}: names/labels and embeddings differ in length")
+    return EmbeddingSet(names, emb, labels, class_names)

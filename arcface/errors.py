@@ -1,0 +1,25 @@
+"""Typed errors raised by iomface.
+
+Every error a user can trigger with bad input derives from :class:`IomfaceError`,
+so callers can catch the whole family while tests assert the precise type.
+"""
+
+
+class IomfaceError(Exception):
+    """Base class of every error iomface raises on purpose."""
+
+
+class ConfigError(IomfaceError, ValueError):
+    """A configuration file or dict is invalid; the message names the key."""
+
+
+class DataFormatError(IomfaceError, ValueError):
+    """A data file (RecordIO, .bin, pairs.txt, image folder) is malformed."""
+
+
+class ImageDecodeError(DataFormatError):
+    """Bytes or a file could not be decoded as an image."""
+
+
+class CheckpointError(IomfaceError, RuntimeError):
+    """A checkpoint is missing, incomplete or does not fit the model."""
