@@ -70,7 +70,8 @@ HEAD_TYPES = ("NormHead", "SphereHead", "CosHead", "ArcHead", "CombinedHead")
 STAGE1_FIELDS: dict[str, Field] = {
     # general
     "batch_size": Field((int,), REQUIRED, "training batch size", check=positive),
-    "eval_batch_size": Field((int, type(None)), None, "batch size for embedding/eval (default batch_size)"),
+    "eval_batch_size": Field((int, type(None)), None, "batch size for embedding/eval (default batch_size)",
+                             check=positive),
     "input_size": Field((int,), 112, "square input size in pixels", check=positive),
     "embd_shape": Field((int,), 512, "embedding dimension", check=positive),
     "sub_name": Field((str,), REQUIRED, "run name: checkpoints/<sub_name>, logs/<sub_name>"),
@@ -105,7 +106,7 @@ STAGE1_FIELDS: dict[str, Field] = {
     "keep_checkpoints": Field((int,), 3, "how many recent checkpoints to keep", check=positive),
     "mixed_precision": Field((bool, str), False,
                              "false, true (= mixed_bfloat16), 'mixed_bfloat16' or 'mixed_float16'"),
-    "seed": Field((int,), 0, "seed of shuffling, augmentation and initialisation"),
+    "seed": Field((int,), 0, "seed of shuffling, augmentation and initialisation", check=non_negative),
     "workers": Field((int,), 0, "decoder threads (0 = one per CPU core)", check=non_negative),
     "random_flip": Field((bool,), True, "random horizontal flip"),
     "random_brightness": Field((int, float), 0.0, "max brightness change, fraction of range (0 = off)",
@@ -116,7 +117,8 @@ STAGE1_FIELDS: dict[str, Field] = {
     # test
     "test_dataset": Field((str, list, type(None)), None,
                           ".bin files, pairs folders, or a folder holding them", check=_str_or_list),
-    "eval_steps": Field((int, type(None)), None, "verify every N steps (default save_steps)"),
+    "eval_steps": Field((int, type(None)), None, "verify every N steps (default save_steps)",
+                        check=positive),
     "flip_test": Field((bool,), False, "sum embeddings of the image and its mirror at evaluation"),
 }
 

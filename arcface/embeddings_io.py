@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,16 +70,27 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     except (OSError, ValueError) as e:
         raise DataFormatError(f"{path}: not a readable .npz file ({e})") from None
     with data:
-        if "embeddings" not in data:
-            raise DataFormatError(f"{path}: no 'embeddings' array (found {sorted(data.files)})")
-        emb = np.asarray(data["embeddings"], np.float32)
-        if emb.ndim != 2 or len(emb) == 0:
-            raise DataFormatError(f"{path}: 'embeddings' must be a non-empty 2-D array, got {emb.shape}")
-        if not np.all(np.isfinite(emb)):
-            raise DataFormatError(f"{path}: 'embeddings' contains NaN or inf")
-        names = data["names"] if "names" in data else np.array([str(i) for i in range(len(emb))])
-        labels = np.asarray(data["labels"], np.int64) if "labels" in data else None
-        class_names = data["class_names"] if "class_names" in data else None
+        files = sorted(data.files)
+        # members are read lazily: pickled (object) arrays and corrupt members fail here
+        try:
+            arrays = {k: data[k] for k in ("embeddings", "names", "labels", "class_names") if k in data}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DataFormatError(f"{path}: not a readable .npz file ({e})") from None
+    if "embeddings" not in arrays:
+        raise DataFormatError(f"{path}: no 'embeddings' array (found {files})")
+    emb = np.asarray(arrays["embeddings"], np.float32)
+    if emb.ndim != 2 or len(emb) == 0:
+        raise DataFormatError(f"{path}: 'embeddings' must be a non-empty 2-D array, got {emb.shape}")
+    if not np.all(np.isfinite(emb)):
+        raise DataFormatError(f"{path}: 'embeddings' contains NaN or inf")
+    names = arrays["names"] if "names" in arrays else np.array([str(i) for i in range(len(emb))])
+    labels = arrays.get("labels")
+    if labels is not None:
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataFormatError(f"{path}: 'labels' must be a 1-D integer array, "
+                                  f"got {labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int64)
+    class_names = arrays.get("class_names")
     if len(names) != len(emb) or (labels is not None and len(labels) != len(emb)):
         raise DataFormatError(f"{path}: names/labels and embeddings differ in length")
     return EmbeddingSet(names, emb, labels, class_names)

@@ -141,3 +141,12 @@ def test_mode_is_validated(identity_folder, tiny_backbone):
     with pytest.raises(ConfigError, match="mode"):
         train(tiny_cfg(identity_folder), mode="graph")
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_eager_mode_trains_like_compiled(tmp_path, identity_folder, tiny_backbone):
+    cfg = tiny_cfg(identity_folder, max_steps=3, random_flip=False)
+    train(cfg, mode="fit", checkpoint_root=str(tmp_path / "a"), log_root=str(tmp_path / "la"), verbose=0)
+    train(cfg, mode="eager_tf", checkpoint_root=str(tmp_path / "b"), log_root=str(tmp_path / "lb"), verbose=0)
+    a, b = train_weights(tmp_path / "a", cfg), train_weights(tmp_path / "b", cfg)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-4, err_msg=key)

@@ -4,7 +4,7 @@ Batches are a pure function of ``(seed, global step)``: epoch ``e`` visits the s
 the permutation ``default_rng((seed, e))``, without the last partial batch. So a run
 resumed at step ``t`` sees exactly the batches an uninterrupted run would, whichever
 engine or number of workers decodes them. Augmentation is not done here: it is a part
-of the training model (Keras layers, seeded), so both engines feed identical pixels.
+of the training model (Keras layers, seeded), so both engines feed the same samples.
 
 - :class:`NumpyBatchLoader`: a Python iterator over ``(uint8 images, int32 labels)``;
   a thread pool decodes whole batches ahead (OpenCV releases the GIL while decoding), so
@@ -134,30 +134,26 @@ class NumpyBatchLoader:
 
     def load_step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The batch of one global step, decoded in the calling thread."""
-        idx = self.schedule.indices(step)
+        return self.load_indices(self.schedule.indices(step))
+
+    def load_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode the samples ``idx`` into one batch (safe to call from worker threads)."""
         items = [self.source.read_bytes(int(i)) for i in idx]
         return decode_batch(items, self.input_size, self.center_crop), self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        step = self.start_step
-        # the schedule caches one epoch's permutation; compute indices in this thread only
+        # indices are computed in this thread (the schedule caches one permutation);
+        # decoding happens in the pool, up to `prefetch` batches ahead
         pending: deque = deque()
+        next_step = self.start_step
         with ThreadPoolExecutor(self.workers, thread_name_prefix="iomface-decode") as pool:
-            def submit(s):
-                idx = self.schedule.indices(s)
-                pending.append(pool.submit(self._load_indices, idx))
-
-            next_submit = step
-            while self.stop_step is None or step < self.stop_step:
-                while len(pending) < self.prefetch and (self.stop_step is None or next_submit < self.stop_step):
-                    submit(next_submit)
-                    next_submit += 1
+            while True:
+                while len(pending) < self.prefetch and (self.stop_step is None or next_step < self.stop_step):
+                    pending.append(pool.submit(self.load_indices, self.schedule.indices(next_step)))
+                    next_step += 1
+                if not pending:
+                    return
                 yield pending.popleft().result()
-                step += 1
-
-    def _load_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        items = [self.source.read_bytes(int(i)) for i in idx]
-        return decode_batch(items, self.input_size, self.center_crop), self.labels[idx]
 
 
 def make_tf_dataset(source: ImageSource, schedule: BatchSchedule, start_step: int = 0,
@@ -189,8 +185,16 @@ def make_tf_dataset(source: ImageSource, schedule: BatchSchedule, start_step: in
             data.set_shape(())
             return data
 
+    def decode(data):
+        # TF's default JPEG IDCT is the fast, inexact one; OpenCV (NumpyBatchLoader) uses
+        # libjpeg's accurate integer IDCT, which INTEGER_ACCURATE matches pixel for pixel
+        return tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+
     def load(i):
-        image = tf.io.decode_image(read(i), channels=3, expand_animations=False)
+        image = decode(read(i))
         if center_crop:
             big = int(round(input_size * 128 / 112))
             image = tf.image.resize(image, (big, big), antialias=True)

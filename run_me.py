@@ -1,0 +1,95 @@
+"""iomface demo: embed face photos with a stage-1 network and compare them.
+
+    python run_me.py [--cfg_path configs/X.yaml] [--model_path PATH] [--images A B ...]
+
+With no arguments it uses only what the project and its installed dependencies ship:
+matplotlib's public-domain ``grace_hopper.jpg``, an augmented copy of it (a stand-in for a
+second photo of the same person, and said so), and a different photo. The weights come
+from --model_path, else from the config's latest checkpoint; when there is none yet, the
+network is randomly initialised and the output says so plainly (the pretrained model
+and the IoM hashing stage arrive with later milestones: see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEFAULT_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                           "arc_mbfn_celeba_tiny.yaml")
+
+
+def demo_faces():
+    """(label, RGB 112x112 image) pairs built from files shipped with matplotlib."""
+    import cv2
+    import matplotlib.cbook as cbook
+    import numpy as np
+
+    from arcface.data.images import decode_image
+
+    hopper = decode_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    h, w = hopper.shape[:2]
+    face = cv2.resize(hopper[int(0.08 * h):int(0.62 * h), int(0.22 * w):int(0.80 * w)], (112, 112),
+                      interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(0)
+    copy = np.clip(face[:, ::-1].astype(np.float32) * 1.1 + 8 + rng.normal(0, 4, face.shape), 0, 255)
+    other = decode_image(cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False))
+    other = cv2.resize(other, (112, 112), interpolation=cv2.INTER_AREA)
+    return [("grace_hopper.jpg (face crop)", face),
+            ("grace_hopper.jpg, mirrored + brightened copy (same photo, augmented)", copy.astype(np.uint8)),
+            ("Minduka_Present_Blue_Pack.png (not the same person)", other)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg_path", default=DEFAULT_CFG)
+    parser.add_argument("--model_path", default=None)
+    parser.add_argument("--images", nargs="+", default=None, help="your own aligned 112x112 face photos")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from arcface.checkpoint import resolve_backbone_weights
+    from arcface.config import load_config
+    from arcface.data.loader import fit_to_size
+    from arcface.data.images import decode_image
+    from arcface.embed import Embedder
+    from arcface.errors import CheckpointError
+    from arcface.models import build_backbone_from_config
+
+    cfg = load_config(args.cfg_path)
+    backbone = build_backbone_from_config(cfg)
+    try:
+        weights = resolve_backbone_weights(args.model_path or os.path.join("checkpoints", cfg["sub_name"]))
+        backbone.load_weights(weights)
+        print(f"weights: {weights}")
+    except CheckpointError:
+        if args.model_path:
+            raise
+        print("weights: NONE FOUND - the network is randomly initialised, so the similarities "
+              "below show the pipeline working, not face recognition.\n"
+              f"         train one with: python scripts/train_arcface.py --cfg_path {args.cfg_path}")
+    if args.images:
+        faces = [(p, fit_to_size(decode_image(p), cfg["input_size"])) for p in args.images]
+    else:
+        faces = demo_faces()
+    embedder = Embedder(backbone, batch_size=len(faces), input_size=cfg["input_size"])
+    emb = embedder.embed_arrays(np.stack([f for _, f in faces]))
+    print(f"\nbackbone {cfg['backbone_type']}, {emb.shape[1]}-d embeddings")
+    for i, (name, _) in enumerate(faces):
+        print(f"  [{i}] {name}: {np.array2string(emb[i, :6], precision=3)} ...")
+    print("\ncosine similarity:")
+    for i in range(len(faces)):
+        for j in range(i + 1, len(faces)):
+            print(f"  [{i}] vs [{j}]: {float(emb[i] @ emb[j]):+.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from arcface.cli import fail_cleanly
+
+    sys.exit(fail_cleanly(main))
