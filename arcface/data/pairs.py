@@ -5,6 +5,14 @@ for each fold ``n_per_fold`` *same* lines ``name<TAB>idx1<TAB>idx2`` followed by
 ``n_per_fold`` *different* lines ``name1<TAB>idx1<TAB>name2<TAB>idx2``. The image
 of ``(name, idx)`` is ``{image_root}/{name}/{name}_{idx:04d}.{ext}``. Fields may
 also be separated by spaces and blank lines are ignored.
+
+*Path pairs* format, for image folders that do not follow LFW naming (written by
+:func:`arcface.data.pair_generation.write_pairs`): the first line starts with
+:data:`PATH_PAIRS_MAGIC`; further ``#`` lines may follow it (only at the top of
+the file); then the optional header ``n_folds<TAB>n_per_fold`` and one line
+``path1<TAB>path2<TAB>issame`` per pair, fields separated by exactly one tab,
+paths relative to the image root with ``/`` separators and ``issame`` ``1`` or
+``0``. Folds come from the header as for LFW files.
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from arcface.errors import DataFormatError
 __all__ = [
     "PairSet",
     "LfwPair",
+    "PathPair",
+    "PATH_PAIRS_MAGIC",
     "read_lfw_pairs",
+    "read_path_pairs",
+    "is_path_pairs_file",
     "write_lfw_pairs",
     "load_pairs_dir",
     "load_verification_set",
@@ -32,6 +44,9 @@ __all__ = [
 ]
 
 DEFAULT_N_FOLDS = 10
+
+#: First characters of a path pairs file (see the module docstring).
+PATH_PAIRS_MAGIC = "# iomface path pairs v1"
 
 
 @dataclass
@@ -81,6 +96,14 @@ class LfwPair(NamedTuple):
         return self.name1 == self.name2
 
 
+class PathPair(NamedTuple):
+    """One line of a path pairs file: two image paths relative to the image root."""
+
+    path1: str
+    path2: str
+    issame: bool
+
+
 def chunk_folds(n: int, n_folds: int = DEFAULT_N_FOLDS) -> np.ndarray:
     """Fold index of ``n`` items split into ``n_folds`` consecutive near-equal chunks.
 
@@ -103,6 +126,9 @@ def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -215,6 +241,76 @@ def write_lfw_pairs(
     _atomic_write(path, "".join(lines).encode("utf-8"))
 
 
+def is_path_pairs_file(pairs_path: str | os.PathLike) -> bool:
+    """Whether the file starts with :data:`PATH_PAIRS_MAGIC` (False when it cannot be read)."""
+    try:
+        with open(os.fspath(pairs_path), "rb") as f:
+            head = f.read(len(PATH_PAIRS_MAGIC.encode("utf-8")) + 3)
+    except OSError:
+        return False
+    return head.removeprefix(b"\xef\xbb\xbf").startswith(PATH_PAIRS_MAGIC.encode("utf-8"))
+
+
+def _parse_path_pairs_file(pairs_path: str | os.PathLike) -> tuple[list[PathPair], tuple[int, int] | None]:
+    """Parse a path pairs file; returns the pairs and the ``(n_folds, n_per_fold)`` header if any."""
+    path = os.fspath(pairs_path)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [line.rstrip("\r") for line in f.read().split("\n")]
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: pairs file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataFormatError(f"{path}: cannot read pairs file ({e})") from None
+    if not lines or not lines[0].startswith(PATH_PAIRS_MAGIC):
+        raise DataFormatError(f"{path}:1: a path pairs file must start with {PATH_PAIRS_MAGIC!r}")
+
+    pairs: list[PathPair] = []
+    header: tuple[int, int] | None = None
+    header_line = 0
+    in_preamble = True
+    for lineno, line in enumerate(lines, 1):
+        if in_preamble and (line.startswith("#") or not line.strip()):
+            continue
+        in_preamble = False
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if not pairs and header is None and len(fields) == 2 and all(s.isascii() and s.isdigit() for s in fields):
+            header = (int(fields[0]), int(fields[1]))
+            header_line = lineno
+            if min(header) <= 0:
+                raise DataFormatError(f"{path}:{lineno}: header values must be positive, got {line!r}")
+            continue
+        if len(fields) != 3:
+            raise DataFormatError(
+                f"{path}:{lineno}: expected 'path1<TAB>path2<TAB>issame', "
+                f"got {len(fields)} tab-separated fields: {line[:80]!r}"
+            )
+        p1, p2, flag = fields
+        if not p1 or not p2:
+            raise DataFormatError(f"{path}:{lineno}: empty image path")
+        if flag not in ("0", "1"):
+            raise DataFormatError(f"{path}:{lineno}: issame must be 1 or 0, got {flag!r}")
+        pairs.append(PathPair(p1, p2, flag == "1"))
+    if not pairs:
+        raise DataFormatError(f"{path}: no pairs in file")
+    if header is not None and 2 * header[0] * header[1] != len(pairs):
+        raise DataFormatError(
+            f"{path}:{header_line}: header says {header[0]} folds x {header[1]} x 2 = "
+            f"{2 * header[0] * header[1]} pairs but the file has {len(pairs)}"
+        )
+    return pairs, header
+
+
+def read_path_pairs(pairs_path: str | os.PathLike) -> list[PathPair]:
+    """Parse a path pairs file into a list of :class:`PathPair` (paths as written, relative).
+
+    Raises:
+        DataFormatError: missing file, no magic first line, or a malformed line.
+    """
+    return _parse_path_pairs_file(pairs_path)[0]
+
+
 def _image_path(root: str, name: str, idx: int, ext: str) -> str:
     return os.path.join(root, name, f"{name}_{idx:04d}.{ext}")
 
@@ -227,6 +323,8 @@ def load_pairs_dir(
 ) -> PairSet:
     """Load a pairs folder (``pairs.txt`` + one image folder per person) as a :class:`PairSet`.
 
+    The pairs file may be in LFW format or a path pairs file (recognised by its
+    first line, see the module docstring; ``ext`` is then unused).
     ``image_root`` defaults to the folder of the pairs file; ``name`` to that
     folder's name (or the file's stem when it is not called ``pairs.txt``).
     Folds come from the header when present, else 10 consecutive chunks.
@@ -239,14 +337,21 @@ def load_pairs_dir(
     pairs_file = src / "pairs.txt" if src.is_dir() else src
     if not pairs_file.is_file():
         raise DataFormatError(f"{pairs_file}: pairs file not found")
-    pairs, header = _parse_pairs_file(pairs_file)
     root = os.path.abspath(os.fspath(image_root)) if image_root is not None else str(pairs_file.parent)
-    ext = ext.lstrip(".")
     if name is None:
         name = pairs_file.parent.name if pairs_file.name == "pairs.txt" else pairs_file.stem
 
-    left = [_image_path(root, p.name1, p.idx1, ext) for p in pairs]
-    right = [_image_path(root, p.name2, p.idx2, ext) for p in pairs]
+    if is_path_pairs_file(pairs_file):
+        path_pairs, header = _parse_path_pairs_file(pairs_file)
+        left = [os.path.join(root, *p.path1.split("/")) for p in path_pairs]
+        right = [os.path.join(root, *p.path2.split("/")) for p in path_pairs]
+        issame = np.array([p.issame for p in path_pairs], dtype=bool)
+    else:
+        pairs, header = _parse_pairs_file(pairs_file)
+        ext = ext.lstrip(".")
+        left = [_image_path(root, p.name1, p.idx1, ext) for p in pairs]
+        right = [_image_path(root, p.name2, p.idx2, ext) for p in pairs]
+        issame = np.array([p.issame for p in pairs], dtype=bool)
     missing = sorted(p for p in set(left) | set(right) if not os.path.isfile(p))
     if missing:
         shown = "\n  ".join(missing[:5])
@@ -254,12 +359,11 @@ def load_pairs_dir(
             f"{pairs_file}: {len(missing)} image file(s) referenced by the pairs are missing "
             f"under {root}, e.g.:\n  {shown}"
         )
-    n = len(pairs)
+    n = len(issame)
     if header is not None:
         folds = np.arange(n, dtype=np.int64) // (2 * header[1])
     else:
         folds = chunk_folds(n, DEFAULT_N_FOLDS)
-    issame = np.array([p.issame for p in pairs], dtype=bool)
     return PairSet(name=name, left=left, right=right, issame=issame, folds=folds)
 
 
