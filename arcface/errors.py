@@ -23,3 +23,12 @@ class ImageDecodeError(DataFormatError):
 
 class CheckpointError(IomfaceError, RuntimeError):
     """A checkpoint is missing, incomplete or does not fit the model."""
+
+
+class NoFaceError(IomfaceError, ValueError):
+    """The face detector found no face (at the required confidence) in an image."""
+
+
+class FaceTooSmallError(IomfaceError, ValueError):
+    """Faces were found but all are smaller than ``min_face_size``, or the image itself is
+    smaller than the 12-pixel window the detector searches with."""
