@@ -157,10 +157,23 @@ def estimate_similarity(src, dst) -> np.ndarray:
     return np.hstack([scale * rot, trans[:, None]])
 
 
-def warp_face(image_rgb: np.ndarray, landmarks, size: int = 112) -> np.ndarray:
+def landmark_inliers(landmarks, template) -> np.ndarray:
+    """Which landmarks a least-median-of-squares similarity fit keeps (OpenCV's
+    ``estimateAffinePartial2D(method=LMEDS)``, deterministic); all of them when it fails."""
+    _, inliers = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32),
+                                            np.asarray(template, np.float32), method=cv2.LMEDS)
+    keep = np.ones(len(landmarks), bool) if inliers is None else inliers.ravel().astype(bool)
+    return keep if keep.sum() >= 2 else np.ones(len(landmarks), bool)
+
+
+def warp_face(image_rgb: np.ndarray, landmarks, size: int = 112, method: str = "lmeds") -> np.ndarray:
     """Warp ``image_rgb`` so that its five ``landmarks`` (5 x 2, image coordinates, in
     template order) land on :data:`ARCFACE_TEMPLATE` scaled to ``size``.
 
+    ``method="lmeds"`` (default) fits the least-squares similarity to the landmarks that a
+    least-median-of-squares fit keeps, so one misplaced landmark does not tilt the face; this
+    is how the project's aligned data sets (``../shared/data``) were made, and the test
+    reproduces their crops. ``method="lstsq"`` fits all five points (InsightFace's way).
     Bilinear interpolation, constant border 0. Returns a ``size x size x 3`` uint8 array
     (``size x size`` for a 2-D grey input).
     """
@@ -176,7 +189,13 @@ def warp_face(image_rgb: np.ndarray, landmarks, size: int = 112) -> np.ndarray:
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     template = ARCFACE_TEMPLATE.astype(np.float64) * (size / 112.0)
-    matrix = estimate_similarity(landmarks, template)
+    if method == "lmeds":
+        keep = landmark_inliers(landmarks, template)
+    elif method == "lstsq":
+        keep = np.ones(5, bool)
+    else:
+        raise ValueError(f"method must be 'lmeds' or 'lstsq', got {method!r}")
+    matrix = estimate_similarity(landmarks[keep], template[keep])
     return cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 

@@ -15,13 +15,17 @@ def build_backbone_from_config(cfg):
 
 def load_backbone(cfg, model_path: str | os.PathLike | None = None,
                   checkpoint_root: str = "checkpoints"):
-    """Build the backbone of ``cfg`` and load its weights from ``model_path`` (a
-    ``.weights.h5`` file, a checkpoint folder or a run folder); by default the run
-    folder ``checkpoints/<sub_name>`` (its best checkpoint, else the latest)."""
+    """Build the backbone of ``cfg`` and load its weights from ``model_path`` (the name of
+    a shipped model in ``models/``, a ``.weights.h5`` file, a checkpoint folder or a run
+    folder); by default the run folder ``checkpoints/<sub_name>`` (its best checkpoint,
+    else the latest)."""
     from arcface.checkpoint import resolve_backbone_weights
     from arcface.errors import CheckpointError
+    from arcface.pretrained import is_pretrained_name, pretrained_files
 
     path = model_path or os.path.join(checkpoint_root, cfg["sub_name"])
+    if is_pretrained_name(path) and not os.path.exists(path):
+        path = pretrained_files(path)[1]
     weights = resolve_backbone_weights(path)
     backbone = build_backbone_from_config(cfg)
     try:

@@ -1,6 +1,6 @@
 """Evaluate a stage-1 model on verification pairs (InsightFace 10-fold protocol).
 
-    python scripts/evaluate.py --cfg_path configs/X.yaml [--model_path PATH]
+    python scripts/evaluate.py [--cfg_path configs/X.yaml] [--model_path NAME_OR_PATH]
         [--val_data lfw.bin|pairs_dir ...] [--flip] [--json results.json] [--plot_dir DIR]
 
 Prints accuracy ± std, threshold, AUC, EER and TAR@FAR per set, saves ROC and DET
@@ -19,9 +19,9 @@ from arcface.cli import fail_cleanly  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg_path", required=True)
+    parser.add_argument("--cfg_path", default=None, help="YAML config (default: the shipped model's)")
     parser.add_argument("--model_path", default=None,
-                        help="backbone .weights.h5, checkpoint folder or run folder "
+                        help="a shipped model's name (models/), backbone .weights.h5, checkpoint folder or run folder "
                              "(default: checkpoints/<sub_name>)")
     parser.add_argument("--val_data", nargs="+", default=None,
                         help=".bin files or pairs folders (default: the config's test_dataset)")
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from arcface.config import load_config
+    from arcface.pretrained import resolve_config_path
     from arcface.embed import Embedder
     from arcface.errors import ConfigError
     from arcface.metrics import format_table
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     from arcface.plots import save_roc_det
     from arcface.verification import evaluate_pair_set, load_verification_sets
 
-    cfg = load_config(args.cfg_path)
+    cfg = load_config(resolve_config_path(args.cfg_path, args.model_path))
     pair_sets = load_verification_sets(args.val_data or cfg["test_dataset"])
     if not pair_sets:
         raise ConfigError("no verification data: pass --val_data or set test_dataset in the config")

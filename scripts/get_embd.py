@@ -1,6 +1,6 @@
 """Extract L2-normalised embeddings of aligned face images.
 
-    python scripts/get_embd.py --cfg_path configs/X.yaml [--model_path PATH]
+    python scripts/get_embd.py [--cfg_path configs/X.yaml] [--model_path NAME_OR_PATH]
         --read_path IMG_OR_DIR --save_path out.npz [--flip]
 
 The .npz holds ``names`` (paths relative to --read_path, unicode) and ``embeddings``
@@ -19,19 +19,21 @@ from arcface.cli import fail_cleanly  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg_path", required=True)
-    parser.add_argument("--model_path", default=None)
+    parser.add_argument("--cfg_path", default=None, help="YAML config (default: the shipped model's)")
+    parser.add_argument("--model_path", default=None,
+                        help="a shipped model's name (models/), backbone .weights.h5, checkpoint or run folder")
     parser.add_argument("--read_path", required=True, help="an image file or a folder of images")
     parser.add_argument("--save_path", required=True, help="output .npz")
     parser.add_argument("--flip", action="store_true")
     args = parser.parse_args(argv)
 
     from arcface.config import load_config
+    from arcface.pretrained import resolve_config_path
     from arcface.embed import Embedder
     from arcface.embeddings_io import list_images, save_embeddings
     from arcface.models import load_backbone
 
-    cfg = load_config(args.cfg_path)
+    cfg = load_config(resolve_config_path(args.cfg_path, args.model_path))
     names, paths, labels, class_names = list_images(args.read_path)
     backbone = load_backbone(cfg, args.model_path)
     embedder = Embedder(backbone, cfg["eval_batch_size"], cfg["input_size"],
