@@ -182,6 +182,12 @@ def _parse_pairs_file(pairs_path: str | os.PathLike) -> tuple[list[LfwPair], tup
                 f"{path}:{lineno}: expected 'name idx1 idx2' or 'name1 idx1 name2 idx2', "
                 f"got {len(fields)} fields: {line.strip()[:80]!r}"
             )
+    _check_pair_count(path, pairs, header, header_line)
+    return pairs, header
+
+
+def _check_pair_count(path, pairs: list, header, header_line) -> None:
+    """A pairs file must hold pairs, as many as its ``n_folds x n_per_fold`` header says."""
     if not pairs:
         raise DataFormatError(f"{path}: no pairs in file")
     if header is not None and 2 * header[0] * header[1] != len(pairs):
@@ -189,7 +195,6 @@ def _parse_pairs_file(pairs_path: str | os.PathLike) -> tuple[list[LfwPair], tup
             f"{path}:{header_line}: header says {header[0]} folds x {header[1]} x 2 = "
             f"{2 * header[0] * header[1]} pairs but the file has {len(pairs)}"
         )
-    return pairs, header
 
 
 def read_lfw_pairs(pairs_path: str | os.PathLike) -> list[LfwPair]:
@@ -292,13 +297,7 @@ def _parse_path_pairs_file(pairs_path: str | os.PathLike) -> tuple[list[PathPair
         if flag not in ("0", "1"):
             raise DataFormatError(f"{path}:{lineno}: issame must be 1 or 0, got {flag!r}")
         pairs.append(PathPair(p1, p2, flag == "1"))
-    if not pairs:
-        raise DataFormatError(f"{path}: no pairs in file")
-    if header is not None and 2 * header[0] * header[1] != len(pairs):
-        raise DataFormatError(
-            f"{path}:{header_line}: header says {header[0]} folds x {header[1]} x 2 = "
-            f"{2 * header[0] * header[1]} pairs but the file has {len(pairs)}"
-        )
+    _check_pair_count(path, pairs, header, header_line)
     return pairs, header
 
 
