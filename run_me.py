@@ -2,12 +2,12 @@
 
     python run_me.py [--cfg_path configs/X.yaml] [--model_path PATH] [--images A B ...]
 
-With no arguments it uses only what the project and its installed dependencies ship:
-matplotlib's public-domain ``grace_hopper.jpg``, an augmented copy of it (a stand-in for a
-second photo of the same person, and said so), and a different photo. The weights come
-from --model_path, else from the config's latest checkpoint; when there is none yet, the
-network is randomly initialised and the output says so plainly (the pretrained model
-and the IoM hashing stage arrive with later milestones: see README).
+With no arguments it uses only what the project and its installed dependencies ship: the
+model in ``models/mbfn_celeba299`` and matplotlib's public-domain ``grace_hopper.jpg``, an
+augmented copy of it (a stand-in for a second photo of the same person, and said so), and a
+different image. --model_path takes a shipped model's name, weights or a checkpoint folder;
+without any weights the network is randomly initialised and the output says so plainly.
+(The IoM hashing stage arrives with a later milestone: see README.)
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                           "arc_mbfn_celeba_tiny.yaml")
+DEFAULT_MODEL = "mbfn_celeba299"
+FALLBACK_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                            "arc_mbfn_celeba_tiny.yaml")
 
 
 def demo_faces():
@@ -30,40 +31,49 @@ def demo_faces():
 
     from arcface.data.images import decode_image
 
-    hopper = decode_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    h, w = hopper.shape[:2]
-    face = cv2.resize(hopper[int(0.08 * h):int(0.62 * h), int(0.22 * w):int(0.80 * w)], (112, 112),
-                      interpolation=cv2.INTER_AREA)
+    from arcface.align import FaceAligner
+
+    # MTCNN detection and the five-point warp, as for any photo
+    face = FaceAligner().align(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))[0].image
     rng = np.random.default_rng(0)
     copy = np.clip(face[:, ::-1].astype(np.float32) * 1.1 + 8 + rng.normal(0, 4, face.shape), 0, 255)
     other = decode_image(cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False))
     other = cv2.resize(other, (112, 112), interpolation=cv2.INTER_AREA)
-    return [("grace_hopper.jpg (face crop)", face),
+    return [("grace_hopper.jpg (MTCNN-aligned)", face),
             ("grace_hopper.jpg, mirrored + brightened copy (same photo, augmented)", copy.astype(np.uint8)),
             ("Minduka_Present_Blue_Pack.png (not the same person)", other)]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg_path", default=DEFAULT_CFG)
+    parser.add_argument("--cfg_path", default=None,
+                        help=f"default: the shipped model's config ({DEFAULT_MODEL})")
     parser.add_argument("--model_path", default=None)
-    parser.add_argument("--images", nargs="+", default=None, help="your own aligned 112x112 face photos")
+    parser.add_argument("--images", nargs="+", default=None,
+                        help="your own photos (faces are detected and aligned with MTCNN)")
     args = parser.parse_args(argv)
 
     import numpy as np
 
     from arcface.checkpoint import resolve_backbone_weights
     from arcface.config import load_config
-    from arcface.data.loader import fit_to_size
-    from arcface.data.images import decode_image
     from arcface.embed import Embedder
     from arcface.errors import CheckpointError
     from arcface.models import build_backbone_from_config
+    from arcface.pretrained import is_pretrained_name, pretrained_files
 
+    if args.cfg_path is None and args.model_path is None and is_pretrained_name(DEFAULT_MODEL):
+        args.model_path = DEFAULT_MODEL
+    if args.cfg_path is None:
+        args.cfg_path = pretrained_files(args.model_path)[0] if is_pretrained_name(args.model_path) \
+            else FALLBACK_CFG
     cfg = load_config(args.cfg_path)
     backbone = build_backbone_from_config(cfg)
     try:
-        weights = resolve_backbone_weights(args.model_path or os.path.join("checkpoints", cfg["sub_name"]))
+        model_path = args.model_path or os.path.join("checkpoints", cfg["sub_name"])
+        if is_pretrained_name(model_path):
+            model_path = pretrained_files(model_path)[1]
+        weights = resolve_backbone_weights(model_path)
         backbone.load_weights(weights)
         print(f"weights: {weights}")
     except CheckpointError:
@@ -73,7 +83,10 @@ def main(argv=None) -> int:
               "below show the pipeline working, not face recognition.\n"
               f"         train one with: python scripts/train_arcface.py --cfg_path {args.cfg_path}")
     if args.images:
-        faces = [(p, fit_to_size(decode_image(p), cfg["input_size"])) for p in args.images]
+        from arcface.align import FaceAligner
+
+        aligner = FaceAligner(size=cfg["input_size"])
+        faces = [(p, aligner.align(p)[0].image) for p in args.images]
     else:
         faces = demo_faces()
     embedder = Embedder(backbone, batch_size=len(faces), input_size=cfg["input_size"])
