@@ -25,12 +25,18 @@ class ScalarLog:
         self.path = os.path.join(logdir, "metrics.jsonl")
         self._writer = None
         try:
+            import tensorboard  # noqa: F401  (tf.summary needs it; the CPU TF wheel lacks it)
             import tensorflow as tf
 
             self._tf = tf
             self._writer = tf.summary.create_file_writer(os.path.join(logdir, "scalars"))
         except ImportError:
             self._tf = None
+
+    @property
+    def has_tensorboard(self) -> bool:
+        """Whether TensorFlow (hence TensorBoard summaries) is available."""
+        return self._writer is not None
 
     def write(self, step: int, values: dict[str, float]) -> None:
         record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in values.items()}}

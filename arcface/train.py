@@ -192,7 +192,7 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
             CheckpointCallback(manager, backbone, plan.steps_per_chunk,
                                extra={"sub_name": cfg["sub_name"], "config": cfg.source}),
         ]
-        if log._tf is not None:
+        if log.has_tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_root, cfg["sub_name"]),
                                                          update_freq=min(100, cfg["save_steps"])))
         if not hasattr(loader, "element_spec"):  # Keras takes Python iterators, not iterables
