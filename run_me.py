@@ -55,11 +55,10 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from arcface.checkpoint import resolve_backbone_weights
     from arcface.config import load_config
     from arcface.embed import Embedder
     from arcface.errors import CheckpointError
-    from arcface.models import build_backbone_from_config
+    from arcface.models import build_backbone_from_config, resolve_weights
     from arcface.pretrained import is_pretrained_name, pretrained_files
 
     if args.cfg_path is None and args.model_path is None and is_pretrained_name(DEFAULT_MODEL):
@@ -70,10 +69,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.cfg_path)
     backbone = build_backbone_from_config(cfg)
     try:
-        model_path = args.model_path or os.path.join("checkpoints", cfg["sub_name"])
-        if is_pretrained_name(model_path):
-            model_path = pretrained_files(model_path)[1]
-        weights = resolve_backbone_weights(model_path)
+        weights = resolve_weights(cfg, args.model_path)
         backbone.load_weights(weights)
         print(f"weights: {weights}")
     except CheckpointError:

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arcface.data.folders import DEFAULT_IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from arcface.errors import DataFormatError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass

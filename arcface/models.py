@@ -13,20 +13,26 @@ def build_backbone_from_config(cfg):
                           input_size=cfg["input_size"], dropout=cfg["dropout"])
 
 
-def load_backbone(cfg, model_path: str | os.PathLike | None = None,
-                  checkpoint_root: str = "checkpoints"):
-    """Build the backbone of ``cfg`` and load its weights from ``model_path`` (the name of
-    a shipped model in ``models/``, a ``.weights.h5`` file, a checkpoint folder or a run
-    folder); by default the run folder ``checkpoints/<sub_name>`` (its best checkpoint,
-    else the latest)."""
+def resolve_weights(cfg, model_path: str | os.PathLike | None = None,
+                    checkpoint_root: str = "checkpoints") -> str:
+    """The backbone weights file for ``model_path``: the name of a shipped model in
+    ``models/``, a ``.weights.h5`` file, a checkpoint folder or a run folder; by default
+    the run folder ``checkpoints/<sub_name>`` (its best checkpoint, else the latest)."""
     from arcface.checkpoint import resolve_backbone_weights
-    from arcface.errors import CheckpointError
     from arcface.pretrained import is_pretrained_name, pretrained_files
 
     path = model_path or os.path.join(checkpoint_root, cfg["sub_name"])
     if is_pretrained_name(path) and not os.path.exists(path):
         path = pretrained_files(path)[1]
-    weights = resolve_backbone_weights(path)
+    return resolve_backbone_weights(path)
+
+
+def load_backbone(cfg, model_path: str | os.PathLike | None = None,
+                  checkpoint_root: str = "checkpoints"):
+    """Build the backbone of ``cfg`` and load the weights :func:`resolve_weights` finds."""
+    from arcface.errors import CheckpointError
+
+    weights = resolve_weights(cfg, model_path, checkpoint_root)
     backbone = build_backbone_from_config(cfg)
     try:
         backbone.load_weights(weights)
