@@ -23,16 +23,18 @@ class Embedder:
 
     Batches are padded to ``batch_size`` so a compiled predict function is reused.
     With ``flip=True`` the embedding is that of the image plus that of its mirror
-    (InsightFace's flip test), normalised afterwards.
+    (InsightFace's flip test), normalised afterwards. With ``mirror=True`` every image is
+    mirrored first (embeddings of the mirror images, e.g. as extra training samples).
     """
 
     def __init__(self, backbone, batch_size: int = 64, input_size: int = 112, flip: bool = False,
-                 center_crop: bool = False, workers: int = 0):
+                 center_crop: bool = False, workers: int = 0, mirror: bool = False):
         self.backbone = backbone
         self.batch_size = int(batch_size)
         self.input_size = int(input_size)
         self.flip = flip
         self.center_crop = center_crop
+        self.mirror = mirror
         self.workers = workers or default_workers()
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
@@ -48,6 +50,8 @@ class Embedder:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected images of shape (n, H, W, 3), got {images.shape}")
+        if self.mirror:
+            images = images[:, :, ::-1]
         chunks = []
         for start in range(0, len(images), self.batch_size):
             batch = images[start:start + self.batch_size]

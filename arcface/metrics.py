@@ -291,7 +291,8 @@ def _tar_from_roc(
     return float(tpr[i]), float(thr[i])
 
 
-def _check_far(far: float) -> float:
+def check_far(far: float) -> float:
+    """``far`` as a float, :class:`DataFormatError` unless it lies in [0, 1]."""
     far = float(far)
     if not (0.0 <= far <= 1.0):
         raise DataFormatError(f"far must be in [0, 1], got {far}")
@@ -308,7 +309,7 @@ def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> tuple[floa
     :func:`far_resolvable`).
     """
     s, y = _check_pairs(scores, issame)
-    far = _check_far(far)
+    far = check_far(far)
     fpr, tpr, thr = roc(s, y)
     return _tar_from_roc(fpr, tpr, thr, int(np.count_nonzero(~y)), far)
 
@@ -329,12 +330,12 @@ def far_key(far: float) -> str:
 # --------------------------------------------------------------------------- #
 # Report
 # --------------------------------------------------------------------------- #
-def _plain(x: Any) -> Any:
+def to_plain(x: Any) -> Any:
     """Convert to JSON-safe plain Python; non-finite floats become ``None``."""
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): to_plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+        return [to_plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     if isinstance(x, (int, np.integer)):
@@ -402,7 +403,7 @@ class VerificationReport:
             d["fpr"] = self.fpr
             d["tpr"] = self.tpr
             d["roc_thresholds"] = self.roc_thresholds
-        return _plain(d)
+        return to_plain(d)
 
 
 def evaluate_scores(
@@ -423,7 +424,7 @@ def evaluate_scores(
     dimension mismatch, non-finite scores, missing genuine or impostor pairs).
     """
     s, y = _check_pairs(scores, issame, need_both=True)
-    targets = [_check_far(f) for f in far_targets]
+    targets = [check_far(f) for f in far_targets]
     accs, thrs = kfold_accuracy(s, y, folds=folds, n_folds=n_folds)
     fps, tps, roc_thr = _roc_counts(s, y)
     n_neg, n_pos = int(fps[-1]), int(tps[-1])

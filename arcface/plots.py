@@ -19,7 +19,8 @@ __all__ = ["save_roc_det", "save_score_histogram"]
 _FAR_MIN = 1e-4
 
 
-def _new_figure(figsize: tuple[float, float] = (6.0, 5.0)) -> Any:
+def new_figure(figsize: tuple[float, float] = (6.0, 5.0)) -> Any:
+    """A matplotlib Figure on the Agg backend (no pyplot global state)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +29,8 @@ def _new_figure(figsize: tuple[float, float] = (6.0, 5.0)) -> Any:
     return Figure(figsize=figsize, dpi=100)
 
 
-def _ensure_parent(path: str) -> None:
+def ensure_parent(path: str) -> None:
+    """Create the folder that will hold ``path``."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
 
@@ -56,9 +58,9 @@ def save_roc_det(
             raise DataFormatError(f"report {r.name!r} has no ROC curve (fpr/tpr)")
     prefix = os.fspath(out_prefix)
     roc_path, det_path = f"{prefix}_roc.png", f"{prefix}_det.png"
-    _ensure_parent(roc_path)
+    ensure_parent(roc_path)
 
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     for i, r in enumerate(reports):
         fpr, tpr = np.asarray(r.fpr), np.asarray(r.tpr)
@@ -75,7 +77,7 @@ def save_roc_det(
     fig.tight_layout()
     fig.savefig(roc_path, format="png")
 
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
     for i, r in enumerate(reports):
         fpr, frr = np.asarray(r.fpr), 1.0 - np.asarray(r.tpr)
@@ -115,9 +117,9 @@ def save_score_histogram(
         raise DataFormatError("scores contain non-finite values (NaN/inf)")
     edges = np.histogram_bin_edges(both, bins=bins)
     out = os.fspath(path)
-    _ensure_parent(out)
+    ensure_parent(out)
 
-    fig = _new_figure((6.0, 4.0))
+    fig = new_figure((6.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     if g.size:
         ax.hist(g, bins=edges, density=True, alpha=0.5, label=f"genuine (n={g.size})")

@@ -1,0 +1,126 @@
+"""Stage-2 (deep IoM) configuration: the IoMArcFace keys plus iomface's, validated.
+
+Uses the stage-1 schema machinery (:mod:`arcface.config`): unknown, missing or mistyped
+keys raise :class:`~arcface.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from arcface.config import (REQUIRED, Config, Field, load_config, non_negative, positive,
+                            unit_interval)
+from arcface.errors import ConfigError
+from iom.hashing.layers import parse_hidden_layer_remark
+from iom.hashing.losses import BIN_LUT_KINDS, METRIC_LOSSES
+
+
+def _weight(value) -> str | None:
+    if isinstance(value, bool):
+        return None
+    return None if value >= 0 else "must be true, false or a weight >= 0"
+
+
+def _optional_str_or_list(value) -> str | None:
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        return "must be a path or a list of paths"
+    return None
+
+
+#: Stage-2 keys. Those marked "parent's key" are accepted so IoMArcFace configs load.
+STAGE2_FIELDS: dict[str, Field] = {
+    # general
+    "sub_name": Field((str,), REQUIRED, "run name: checkpoints/<sub_name>, logs/<sub_name>"),
+    "samples_per_class": Field((int,), 4, "K: samples of each class in a batch", check=positive),
+    "classes_per_batch": Field((int,), 50, "P: classes in a batch (batch = P x K)", check=positive),
+    "batch_size": Field((int, type(None)), None, "parent's key: images per embedding batch", check=positive),
+    "eval_batch_size": Field((int, type(None)), None, "images per embedding batch (default batch_size)",
+                             check=positive),
+    "input_size": Field((int,), 112, "input size of the stage-1 model", check=positive),
+    "embd_shape": Field((int, type(None)), None, "embedding dimension (checked against the data)",
+                        check=positive),
+    "backbone_type": Field((str, type(None)), None, "checked against the stage-1 model's config"),
+    "head_type": Field((str,), "IoMHead", "the stage-2 head", choices=("IoMHead",)),
+    "stage1_model": Field((str, type(None)), None,
+                          "stage-1 model: a shipped name (models/), weights file, checkpoint or run folder"),
+    "stage1_cfg_path": Field((str, type(None)), None, "its stage-1 config (default: the shipped model's)"),
+    # hashing network
+    "m": Field((int,), REQUIRED, "number of IoM groups (code length)", check=positive),
+    "q": Field((int,), REQUIRED, "symbols per group (2..256)", check=lambda v: None if 2 <= v <= 256
+               else "must be in 2..256"),
+    "hidden_layer_remark": Field((str, int), "0", "hidden layers: '0'..'9', or 'T1'..'T9' for tanh"),
+    "hidden_units": Field((int, type(None)), None, "hidden layer width (default embd_shape)", check=positive),
+    "T": Field((int, float), 1.0, "softmax temperature of the head: softmax(z / T)", check=positive),
+    "key_mode": Field((str,), "code", "where a user key acts: 'code' (keyed relabelling of the "
+                      "code, default) or 'embedding' (the parent's key permutation of the embedding)",
+                      choices=("code", "embedding")),
+    "train_key": Field((str,), "iomface-train", "public seed of the model's own embedding permutation; "
+                       "'identity' for none"),
+    # losses
+    "loss_fun": Field((str,), "batch_hard_arc_triplet_loss", "metric loss", choices=tuple(METRIC_LOSSES)),
+    "triplet_margin": Field((int, float), 0.0, "margin of the metric loss", check=non_negative),
+    "code_balance_loss": Field((bool, int, float), False, "code-balance term: true (weight 1) or a weight",
+                               check=_weight),
+    "quanti": Field((bool, int, float), False, "quantisation term: true (weight 0.1) or a weight",
+                    check=_weight),
+    "bin_lut_loss": Field((str,), "none", "binarisation LUT term", choices=BIN_LUT_KINDS),
+    "bin_lut_weight": Field((int, float), 0.1, "weight of the bin_lut_loss term", check=non_negative),
+    # train
+    "train_dataset": Field((str, type(None)), None, "identity folder embedded by the stage-1 model"),
+    "train_embeddings": Field((str, type(None)), None,
+                              ".npz of embeddings + labels from any extractor (instead of train_dataset)"),
+    "flip_augment": Field((bool,), True, "also train on the embeddings of mirrored training images"),
+    "cache_dir": Field((str,), "outputs/embeddings", "where computed embeddings are cached"),
+    "num_classes": Field((int, type(None)), None, "checked against the training data when given"),
+    "num_samples": Field((int, type(None)), None, "parent's key (its triplet count); not used"),
+    "img_ext": Field((str, type(None)), None, "parent's key; every image extension is read"),
+    "dataset_ext": Field((str, type(None)), None, "parent's key; not used"),
+    "binary_img": Field((bool,), False, "parent's key; not used"),
+    "epochs": Field((int, float), 10, "passes over the training embeddings", check=positive),
+    "max_steps": Field((int, type(None)), None, "cap on training steps", check=positive),
+    "optimizer": Field((str,), "adam", "optimizer", choices=("adam", "adamw", "sgd")),
+    "base_lr": Field((int, float), 1e-3, "learning rate", check=positive),
+    "w_decay": Field((int, float), 0.0, "weight decay (adamw, sgd)", check=non_negative),
+    "save_steps": Field((int,), 1000, "checkpoint and log interval in steps", check=positive),
+    "seed": Field((int,), 0, "seed of sampling and initialisation", check=non_negative),
+    # test
+    "test_dataset": Field((str, list, type(None)), None, "pairs folders or .bin files (verification)",
+                          check=_optional_str_or_list),
+    "identification_dataset": Field((str, type(None)), None, "identity folder for identification"),
+    "gallery_per_class": Field((int,), 1, "identification: gallery images per enrolled identity",
+                               check=positive),
+    "target_far": Field((int, float), 1e-3, "FAR of the calibration threshold written by the evaluation",
+                        check=unit_interval),
+    "n_fresh_keys": Field((int,), 5, "cancelability: key draws per scenario", check=positive),
+    "flip_test": Field((bool,), False, "sum embeddings of the image and its mirror at evaluation"),
+    "is_ccrop": Field((bool,), False, "central crop before the stage-1 model"),
+    "test_dataset_ytf": Field((str, type(None)), None, "parent's key; not used"),
+    "test_dataset_fs": Field((str, type(None)), None, "parent's key; used as identification_dataset "
+                             "when that is not set"),
+}
+
+
+def finalize_stage2(cfg: Config) -> Config:
+    """Derived values and cross-key rules of a stage-2 config."""
+    src = cfg.source
+    changes: dict[str, Any] = {}
+    parse_hidden_layer_remark(cfg["hidden_layer_remark"])
+    changes["hidden_layer_remark"] = str(cfg["hidden_layer_remark"])
+    for key, on_weight in (("code_balance_loss", 1.0), ("quanti", 0.1)):
+        value = cfg[key]
+        changes[key] = (on_weight if value else 0.0) if isinstance(value, bool) else float(value)
+    if cfg["eval_batch_size"] is None:
+        changes["eval_batch_size"] = cfg["batch_size"] or 128
+    if cfg["identification_dataset"] is None and cfg["test_dataset_fs"]:
+        changes["identification_dataset"] = cfg["test_dataset_fs"]
+    if cfg["train_dataset"] and cfg["train_embeddings"]:
+        raise ConfigError(f"{src}: set one of 'train_dataset' and 'train_embeddings', not both")
+    if cfg["train_dataset"] and not cfg["stage1_model"]:
+        raise ConfigError(f"{src}: key 'stage1_model' is required to embed 'train_dataset'")
+    return cfg.replace(**changes)
+
+
+def load_stage2_config(path: str | os.PathLike) -> Config:
+    """Load and validate a stage-2 YAML config."""
+    return load_config(path, STAGE2_FIELDS, finalize_stage2)

@@ -1,0 +1,1 @@
+"""Evaluation of IoM hash codes: matching, identification and unlinkability."""

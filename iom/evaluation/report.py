@@ -1,0 +1,237 @@
+"""The stage-2 evaluation behind ``scripts/test_twostage_iom.py``.
+
+For every verification set: raw-embedding cosine, deep IoM and random IoM at the same
+(m, q), each under the key scenarios of :mod:`iom.evaluation.cancelability`; renewability
+and unlinkability from the cross-key scores; identification on an identity folder; a
+calibration threshold at the target FAR. Everything lands in one JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from arcface.metrics import evaluate_scores, format_table
+from iom.evaluation.cancelability import SCENARIOS, cancelability_report, run_scenarios
+from iom.hashing.random_iom import RandomIoM
+from iom.keys import TemplateKey
+
+#: the public key under which random IoM plays the "training key" role
+RANDOM_IOM_KEY = TemplateKey.from_seed("iomface-random-iom")
+
+
+@dataclass
+class PairData:
+    """A verification protocol on embeddings: unique images, pair indices, labels, folds."""
+
+    name: str
+    embeddings: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    issame: np.ndarray
+    folds: np.ndarray | None
+
+
+def load_pair_data(spec: str, extractor) -> PairData:
+    """Embed (with caching) the images of a verification set (.bin or pairs folder)."""
+    from arcface.data.pairs import load_verification_set
+    from arcface.verification import unique_items
+
+    pairset = load_verification_set(spec)
+    items, left, right = unique_items(pairset)
+    data = extractor.embed_items(items, tag=f"pairs_{pairset.name}")
+    return PairData(pairset.name, data.embeddings, left, right, np.asarray(pairset.issame, bool),
+                    pairset.folds)
+
+
+def _summary(reports) -> dict:
+    accs = np.array([r.accuracy for r in reports])
+    return {"accuracy_mean": float(accs.mean()), "accuracy_std_over_keys": float(accs.std()),
+            "accuracy_per_draw": accs.tolist(), "eer_mean": float(np.mean([r.eer for r in reports])),
+            "auc_mean": float(np.mean([r.auc for r in reports])),
+            "report": reports[0].to_dict()}
+
+
+def evaluate_hasher_on_pairs(hasher, data: PairData, name: str, n_draws: int, seed: int,
+                             training_key=None, scenarios=SCENARIOS) -> dict:
+    """Reports of one hasher under each key scenario, plus its cancelability figures."""
+    scores = run_scenarios(hasher, data.embeddings, data.left, data.right, data.issame,
+                           n_draws=n_draws, seed=seed, training_key=training_key, scenarios=scenarios)
+    out: dict = {"m": hasher.m, "q": hasher.q, "scenarios": {}}
+    for scenario, result in scores.items():
+        if scenario == "cross":
+            continue
+        reports = [evaluate_scores(s, data.issame, folds=data.folds, name=f"{name} [{scenario}]",
+                                   score_name="hamming") for s in result.draws]
+        out["scenarios"][scenario] = _summary(reports)
+        out["scenarios"][scenario]["_reports"] = reports
+    if "cross" in scores:
+        out["cancelability"] = cancelability_report(scores, data.issame, hasher.q)
+    return out
+
+
+def evaluate_pairs(data: PairData, hashers: dict, n_draws: int, seed: int = 0) -> dict:
+    """Raw cosine plus every hasher of ``hashers`` (name → (hasher, training key))."""
+    raw = evaluate_scores(np.sum(data.embeddings[data.left] * data.embeddings[data.right], axis=1),
+                          data.issame, folds=data.folds, name="raw", score_name="cosine")
+    out = {"raw": {"report": raw.to_dict(), "_reports": [raw]}}
+    for name, (hasher, training_key) in hashers.items():
+        out[name] = evaluate_hasher_on_pairs(hasher, data, name, n_draws, seed, training_key)
+    return out
+
+
+def random_baseline(m: int, q: int, dim: int) -> tuple[RandomIoM, TemplateKey]:
+    """Random IoM at (m, q) with its public reference key."""
+    return RandomIoM(m, q, dim), RANDOM_IOM_KEY
+
+
+def calibration(data: PairData, hasher, far: float) -> dict:
+    """The decision threshold of ``hasher`` (training key) at ``far`` on ``data``'s impostors."""
+    from arcface.metrics import tar_at_far
+
+    codes = hasher.encode(data.embeddings, None)
+    from iom.evaluation.matching import hamming_similarity
+
+    scores = hamming_similarity(codes[data.left], codes[data.right])
+    tar, threshold = tar_at_far(scores, data.issame, far)
+    return {"far": far, "threshold": float(threshold), "tar": float(tar), "dataset": data.name,
+            "n_impostor": int((~data.issame).sum()), "m": hasher.m, "q": hasher.q}
+
+
+def format_pair_results(name: str, results: dict) -> str:
+    """The seed's table (one column per method and scenario) and the cancelability lines."""
+    columns = [results["raw"]["_reports"][0]]
+    lines = []
+    for method, res in results.items():
+        if method == "raw":
+            continue
+        for scenario, summary in res["scenarios"].items():
+            columns.append(summary["_reports"][0])
+            if len(summary["_reports"]) > 1:
+                lines.append(f"{method} [{scenario}]: accuracy {summary['accuracy_mean']:.4f} mean over "
+                             f"{len(summary['_reports'])} key draws (± {summary['accuracy_std_over_keys']:.4f})")
+        if "cancelability" in res:
+            c = res["cancelability"]
+            lines.append(
+                f"{method}: mated cross-key mean {c.mated_cross_mean:.4f}, non-mated cross-key "
+                f"{c.nonmated_cross_mean:.4f}, impostor (one key) {c.impostor_mean:.4f}, genuine "
+                f"{c.genuine_mean:.4f}, 1/q {c.chance:.4f}; d' mated-vs-impostor "
+                f"{c.d_prime_mated_vs_impostor:.3f}; D<->sys {c.unlinkability.d_sys:.4f}")
+    return f"## {name}\n{format_table(columns)}\n" + "\n".join(lines)
+
+
+def to_json(results: dict) -> dict:
+    """``results`` without report objects (``_reports``), cancelability as dicts."""
+    if isinstance(results, dict):
+        out = {}
+        for k, v in results.items():
+            if k == "_reports":
+                continue
+            out[k] = v.to_dict() if hasattr(v, "to_dict") else to_json(v)
+        return out
+    if isinstance(results, (list, tuple)):
+        return [to_json(v) for v in results]
+    return results
+
+
+def save_pair_plots(name: str, results: dict, plot_dir: str) -> list[str]:
+    """ROC/DET of every method (first draw of each scenario) and unlinkability plots."""
+    from arcface.plots import save_roc_det
+    from iom.evaluation.unlinkability import save_unlinkability_plot
+
+    reports = [results["raw"]["_reports"][0]]
+    paths = []
+    for method, res in results.items():
+        if method == "raw":
+            continue
+        reports += [s["_reports"][0] for s in res["scenarios"].values()]
+        if "cancelability" in res:
+            path = os.path.join(plot_dir, f"{name}_{method}_unlinkability.png")
+            paths.append(save_unlinkability_plot(res["cancelability"].unlinkability, path,
+                                                 title=f"{method} on {name}"))
+    paths += save_roc_det(reports, os.path.join(plot_dir, name))
+    return paths
+
+
+def evaluate_identification(embeddings: np.ndarray, labels: np.ndarray, hashers: dict,
+                            gallery_per_class: int = 1, far: float = 1e-2) -> dict:
+    """Closed- and open-set identification: raw cosine and each hasher (one application
+    key for every template, as in open-set IoM identification)."""
+    from iom.evaluation.identification import identification_report, split_gallery_probes
+    from iom.evaluation.matching import hamming_similarity_matrix
+
+    gallery, mated, nonmated = split_gallery_probes(labels, gallery_per_class)
+    probes = np.concatenate([mated, nonmated])
+    g_labels, p_labels = labels[gallery], labels[probes]
+    out = {"raw": identification_report(embeddings[probes] @ embeddings[gallery].T, g_labels, p_labels, far)}
+    for name, (hasher, app_key) in hashers.items():
+        codes = hasher.encode(embeddings, app_key)
+        sim = hamming_similarity_matrix(codes[probes], codes[gallery], hasher.q)
+        out[name] = identification_report(sim, g_labels, p_labels, far)
+    return out
+
+
+def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | None = None,
+                    with_random: bool = True, cancelability_only: bool = False,
+                    n_draws: int | None = None, calibration_path: str | None = None) -> dict:
+    """Everything ``scripts/test_twostage_iom.py`` reports, printed and returned (and
+    written to ``json_path`` / ``plot_dir`` / ``calibration_path`` when given)."""
+    import json
+
+    from iom.evaluation.identification import format_identification_table
+    from iom.features import FeatureExtractor
+    from arcface.verification import find_verification_sets
+
+    extractor = FeatureExtractor(cfg)
+    n_draws = n_draws or cfg["n_fresh_keys"]
+    hashers = {"deep_iom": (hasher, None)}
+    if with_random:
+        hashers["random_iom"] = random_baseline(hasher.m, hasher.q, hasher.dim)
+    out: dict = {"config": cfg.source, "m": hasher.m, "q": hasher.q, "key_mode": hasher.key_mode,
+                 "n_key_draws": n_draws, "verification": {}, "identification": {}}
+    for spec in find_verification_sets(cfg["test_dataset"]):
+        data = load_pair_data(spec, extractor)
+        if cancelability_only:
+            results = {name: evaluate_hasher_on_pairs(h, data, name, n_draws, cfg["seed"], k)
+                       for name, (h, k) in hashers.items()}
+            results = {"raw": evaluate_pairs(data, {}, 1)["raw"], **results}
+        else:
+            results = evaluate_pairs(data, hashers, n_draws, cfg["seed"])
+        print(format_pair_results(data.name, results), flush=True)
+        if plot_dir:
+            save_pair_plots(data.name, results, plot_dir)
+        out["verification"][data.name] = to_json(results)
+        if calibration_path and "calibration" not in out:
+            out["calibration"] = calibration(data, hasher, cfg["target_far"])
+    if cfg["identification_dataset"] and not cancelability_only:
+        folder = extractor.embed_folder(cfg["identification_dataset"])
+        if folder.labels is None:
+            from arcface.errors import DataFormatError
+            raise DataFormatError(f"{cfg['identification_dataset']}: identification needs one "
+                                  "sub-folder per identity")
+        reports = evaluate_identification(folder.embeddings, folder.labels, hashers,
+                                          cfg["gallery_per_class"])
+        name = os.path.basename(os.path.normpath(cfg["identification_dataset"]))
+        print(f"## identification on {name}\n" + format_identification_table(list(reports.values()),
+                                                                               list(reports)))
+        out["identification"][name] = {k: r.to_dict() for k, r in reports.items()}
+    if calibration_path and "calibration" in out:
+        _write_json(calibration_path, out["calibration"])
+        print(f"calibration (FAR {cfg['target_far']}): threshold {out['calibration']['threshold']:.4f} "
+              f"-> {calibration_path}")
+    if json_path:
+        _write_json(json_path, out)
+        print(f"all figures -> {json_path}")
+    return out
+
+
+def _write_json(path: str, obj) -> None:
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)

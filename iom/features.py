@@ -1,0 +1,114 @@
+"""Stage-1 features for stage 2: the frozen embedding model, and embeddings cached on disk.
+
+Stage 2 never changes the stage-1 network, so every image is embedded once and the
+result is cached as an embeddings ``.npz`` (names, embeddings, labels, class names) keyed
+by the weights file, the image list and the embedding options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from arcface.embeddings_io import EmbeddingSet, list_images, load_embeddings, save_embeddings
+from arcface.errors import ConfigError, DataFormatError
+
+
+def load_stage1(cfg):
+    """``(stage-1 config, backbone)`` named by a stage-2 config's ``stage1_model``."""
+    from arcface.config import load_config
+    from arcface.models import load_backbone
+    from arcface.pretrained import resolve_config_path
+
+    if not cfg["stage1_model"]:
+        raise ConfigError(f"{cfg.source}: key 'stage1_model' is required to embed images")
+    stage1_cfg = load_config(resolve_config_path(cfg["stage1_cfg_path"], cfg["stage1_model"]))
+    if cfg["backbone_type"] and cfg["backbone_type"] != stage1_cfg["backbone_type"]:
+        raise ConfigError(f"{cfg.source}: backbone_type {cfg['backbone_type']!r} but the stage-1 model "
+                          f"is a {stage1_cfg['backbone_type']}")
+    return stage1_cfg, load_backbone(stage1_cfg, cfg["stage1_model"])
+
+
+class FeatureExtractor:
+    """Embeds image folders with the stage-1 model of a stage-2 config, with a disk cache."""
+
+    def __init__(self, cfg):
+        from arcface.models import resolve_weights
+        from arcface.config import load_config
+        from arcface.pretrained import resolve_config_path
+
+        self.cfg = cfg
+        stage1_cfg = load_config(resolve_config_path(cfg["stage1_cfg_path"], cfg["stage1_model"]))
+        self.weights = resolve_weights(stage1_cfg, cfg["stage1_model"])
+        self._backbone = None
+
+    def _fingerprint(self, items, mirror: bool) -> str:
+        st = os.stat(self.weights)
+        digest = hashlib.sha256()
+        for item in items:
+            digest.update(hashlib.blake2b(bytes(item), digest_size=16).digest()
+                          if isinstance(item, (bytes, bytearray)) else os.path.abspath(item).encode())
+        spec = {"weights": os.path.abspath(self.weights), "size": st.st_size, "mtime": int(st.st_mtime),
+                "items": digest.hexdigest(), "mirror": mirror, "flip_test": self.cfg["flip_test"],
+                "ccrop": self.cfg["is_ccrop"], "input_size": self.cfg["input_size"]}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def embed_items(self, items, tag: str, names=None, labels=None, class_names=None,
+                    mirror: bool = False, progress: bool = True) -> EmbeddingSet:
+        """Embeddings of image paths or encoded images, cached under ``cache_dir`` by
+        ``tag``, the weights and a fingerprint of the items."""
+        items = list(items)
+        cache = os.path.join(self.cfg["cache_dir"],
+                             f"{tag}{'_mirror' if mirror else ''}_{self._fingerprint(items, mirror)}.npz")
+        if os.path.isfile(cache):
+            return load_embeddings(cache)
+        if self._backbone is None:
+            _, self._backbone = load_stage1(self.cfg)
+        from arcface.embed import Embedder
+
+        embedder = Embedder(self._backbone, self.cfg["eval_batch_size"], self.cfg["input_size"],
+                            flip=self.cfg["flip_test"], center_crop=self.cfg["is_ccrop"], mirror=mirror)
+        emb = embedder.embed_items(items, progress=progress,
+                                   desc=f"embedding {tag}{' (mirrored)' if mirror else ''}")
+        names = [str(i) for i in range(len(items))] if names is None else names
+        save_embeddings(cache, names, emb, labels, class_names)
+        return EmbeddingSet(np.asarray(names, str), emb, labels, class_names)
+
+    def embed_folder(self, folder: str, mirror: bool = False, progress: bool = True) -> EmbeddingSet:
+        """Embeddings of every image under ``folder`` (names relative to it), cached."""
+        names, paths, labels, class_names = list_images(folder)
+        return self.embed_items(paths, os.path.basename(os.path.normpath(folder)), names, labels,
+                                class_names, mirror=mirror, progress=progress)
+
+
+def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings, labels)`` to train the hashing head on: ``train_embeddings`` as given,
+    or ``train_dataset`` embedded by the stage-1 model (plus its mirror images when
+    ``flip_augment``)."""
+    if cfg["train_embeddings"]:
+        data = load_embeddings(cfg["train_embeddings"])
+        if data.labels is None:
+            raise DataFormatError(f"{cfg['train_embeddings']}: training embeddings need 'labels'")
+        x, y = data.embeddings, data.labels
+    elif cfg["train_dataset"]:
+        extractor = extractor or FeatureExtractor(cfg)
+        data = extractor.embed_folder(cfg["train_dataset"])
+        if data.labels is None:
+            raise DataFormatError(f"{cfg['train_dataset']}: needs one sub-folder per identity")
+        x, y = data.embeddings, data.labels
+        if cfg["flip_augment"]:
+            mirrored = extractor.embed_folder(cfg["train_dataset"], mirror=True)
+            x, y = np.concatenate([x, mirrored.embeddings]), np.concatenate([y, mirrored.labels])
+    else:
+        raise ConfigError(f"{cfg.source}: set 'train_dataset' or 'train_embeddings'")
+    if cfg["embd_shape"] and x.shape[1] != cfg["embd_shape"]:
+        raise ConfigError(f"{cfg.source}: embd_shape is {cfg['embd_shape']} but the embeddings have "
+                          f"dimension {x.shape[1]}")
+    n_classes = len(np.unique(y))
+    if cfg["num_classes"] and cfg["num_classes"] != n_classes:
+        raise ConfigError(f"{cfg.source}: num_classes is {cfg['num_classes']} but the training data "
+                          f"has {n_classes} identities")
+    return x, y

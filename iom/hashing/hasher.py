@@ -1,0 +1,132 @@
+"""Deep IoM hasher: a trained hashing network plus the key scheme, saved as one folder.
+
+``encode(embeddings, key)`` gives the protected code of each embedding under a user key.
+With ``key_mode='code'`` (default) the key relabels the learned code
+(:class:`~iom.hashing.keying.CodeKeying`); with ``key_mode='embedding'`` it permutes the
+embedding before the learned projection, as IoMArcFace does (measured in docs/RESULTS.md:
+accuracy falls under keys never seen in training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from arcface.errors import CheckpointError
+from iom.hashing.keying import CodeKeying, code_dtype
+from iom.hashing.layers import build_hashing_network, key_permutation
+from iom.keys import TemplateKey
+
+SPEC_FILE = "hasher.json"
+WEIGHTS_FILE = "hasher.weights.h5"
+FORMAT_VERSION = 1
+
+
+def train_key_of(seed: str) -> TemplateKey | None:
+    """The model's public embedding-permutation key (``None`` for 'identity')."""
+    return None if seed == "identity" else TemplateKey.from_seed(seed)
+
+
+class DeepIoMHasher:
+    """Embeddings → keyed IoM codes with a trained hashing network."""
+
+    def __init__(self, spec: dict, network=None):
+        self.spec = dict(spec)
+        self.m, self.q, self.dim = int(spec["m"]), int(spec["q"]), int(spec["dim"])
+        self.key_mode = spec.get("key_mode", "code")
+        self.train_permutation = key_permutation(train_key_of(spec["train_key"]), self.dim)
+        self.network = network or build_hashing_network(
+            self.dim, self.m, self.q, self.train_permutation, spec.get("hidden_layer_remark", "0"),
+            spec.get("hidden_units"), spec.get("T", 1.0))
+        self._keyings: dict[TemplateKey, CodeKeying] = {}
+
+    @classmethod
+    def from_config(cls, cfg, dim: int, model_id: str | None = None) -> "DeepIoMHasher":
+        """An untrained hasher with the sizes and key scheme of a stage-2 config."""
+        spec = {"format_version": FORMAT_VERSION, "m": cfg["m"], "q": cfg["q"], "dim": int(dim),
+                "hidden_layer_remark": cfg["hidden_layer_remark"], "hidden_units": cfg["hidden_units"],
+                "T": float(cfg["T"]), "key_mode": cfg["key_mode"], "train_key": cfg["train_key"],
+                "stage1_model": cfg["stage1_model"], "model_id": model_id or cfg["sub_name"]}
+        hasher = cls(spec, build_hashing_network(
+            int(dim), cfg["m"], cfg["q"], key_permutation(train_key_of(cfg["train_key"]), int(dim)),
+            cfg["hidden_layer_remark"], cfg["hidden_units"], float(cfg["T"]), seed=cfg["seed"]))
+        return hasher
+
+    # ------------------------------------------------------------------ encoding
+    def logits(self, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """(n, m, q) IoM projections of the embeddings under the model's own permutation."""
+        x = np.asarray(embeddings, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected embeddings of shape (n, {self.dim}), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("embeddings contain NaN or inf")
+        out = [np.asarray(self.network(x[i:i + batch_size], training=False)["logits"])
+               for i in range(0, len(x), batch_size)] or [np.zeros((0, self.m * self.q), np.float32)]
+        return np.concatenate(out).reshape(len(x), self.m, self.q)
+
+    def codes(self, embeddings: np.ndarray) -> np.ndarray:
+        """Un-keyed codes (n, m): the argmax of each group (the training-key code)."""
+        return self.logits(embeddings).argmax(axis=2).astype(code_dtype(self.q))
+
+    def keying(self, key: TemplateKey) -> CodeKeying:
+        keying = self._keyings.get(key)
+        if keying is None:
+            keying = CodeKeying(key, self.m, self.q)
+            if len(self._keyings) < 4096:
+                self._keyings[key] = keying
+        return keying
+
+    def encode(self, embeddings: np.ndarray, key: TemplateKey | None) -> np.ndarray:
+        """Protected codes (n, m) of ``embeddings`` under ``key`` (``None``: un-keyed)."""
+        if key is None:
+            return self.codes(embeddings)
+        if self.key_mode == "code":
+            return self.keying(key).apply(self.codes(embeddings))
+        # the parent's scheme: the key permutes the embedding the network was trained on
+        x = np.asarray(embeddings, np.float32)[:, key_permutation(key, self.dim)]
+        return self.codes(x[:, np.argsort(self.train_permutation)])
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str) -> None:
+        """Write ``hasher.json`` and ``hasher.weights.h5`` into ``folder`` (atomically)."""
+        os.makedirs(folder, exist_ok=True)
+        tmp_w = os.path.join(folder, "tmp." + WEIGHTS_FILE)
+        self.network.save_weights(tmp_w)
+        os.replace(tmp_w, os.path.join(folder, WEIGHTS_FILE))
+        tmp_s = os.path.join(folder, SPEC_FILE + ".tmp")
+        with open(tmp_s, "w") as f:
+            json.dump(self.spec, f, indent=2)
+        os.replace(tmp_s, os.path.join(folder, SPEC_FILE))
+
+    @classmethod
+    def load(cls, folder: str) -> "DeepIoMHasher":
+        """A hasher saved by :meth:`save`."""
+        spec_path, weights = os.path.join(folder, SPEC_FILE), os.path.join(folder, WEIGHTS_FILE)
+        if not (os.path.isfile(spec_path) and os.path.isfile(weights)):
+            raise CheckpointError(f"{folder}: not a saved hasher (needs {SPEC_FILE} and {WEIGHTS_FILE})")
+        with open(spec_path) as f:
+            spec = json.load(f)
+        if spec.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{spec_path}: unsupported format_version {spec.get('format_version')}")
+        hasher = cls(spec)
+        try:
+            hasher.network.load_weights(weights)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{weights} does not fit the hasher in {spec_path}: {e}") from None
+        return hasher
+
+
+def find_hasher(cfg, model_path: str | None = None, checkpoint_root: str = "checkpoints") -> str:
+    """The hasher folder for a stage-2 config: ``model_path``, else
+    ``checkpoints/<sub_name>``, else the shipped ``models/<sub_name>``."""
+    from arcface.pretrained import MODELS_DIR
+
+    candidates = [model_path] if model_path else [os.path.join(checkpoint_root, cfg["sub_name"]),
+                                                  os.path.join(MODELS_DIR, cfg["sub_name"])]
+    for folder in candidates:
+        if folder and os.path.isfile(os.path.join(folder, SPEC_FILE)):
+            return folder
+    raise CheckpointError(f"no saved hasher in {' or '.join(map(str, candidates))}; train one with "
+                          "scripts/train_twostage_tripletloss_online.py")

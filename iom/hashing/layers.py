@@ -1,0 +1,108 @@
+"""Deep IoM layers (keras.ops only): key permutation, hidden layers, IoM projection, softmax-out."""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+from keras import ops
+
+from arcface.errors import ConfigError
+from iom.keys import TemplateKey
+
+PERMUTATION_PURPOSE = "embedding-permutation"
+
+
+def key_permutation(key: TemplateKey | None, dim: int) -> np.ndarray:
+    """The embedding permutation of ``key`` (identity for ``None``, as in IoMArcFace)."""
+    if key is None:
+        return np.arange(dim)
+    return key.stream(f"{PERMUTATION_PURPOSE}/d={dim}").permutation(dim)
+
+
+@keras.saving.register_keras_serializable(package="iomface")
+class PermutationLayer(keras.layers.Layer):
+    """Reorders the features of its input by a fixed, key-derived permutation (no weights)."""
+
+    def __init__(self, permutation, **kwargs):
+        super().__init__(**kwargs)
+        perm = np.asarray(permutation, np.int64)
+        if perm.ndim != 1 or not np.array_equal(np.sort(perm), np.arange(len(perm))):
+            raise ValueError("PermutationLayer needs a permutation of range(d)")
+        self.permutation = perm
+        self.trainable = False
+
+    def call(self, x):
+        return ops.take(x, ops.convert_to_tensor(self.permutation.astype("int32")), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "permutation": self.permutation.tolist()}
+
+
+_HIDDEN = re.compile(r"^(T?)([0-9])$")
+
+
+def parse_hidden_layer_remark(remark) -> tuple[int, str]:
+    """``hidden_layer_remark`` → (number of hidden layers, activation).
+
+    ``'0'`` (or empty): none; ``'1'``..``'9'``: that many Dense+BatchNorm+PReLU layers;
+    ``'T1'``..``'T9'``: the same with tanh activations.
+    """
+    text = "0" if remark in (None, "") else str(remark).strip()
+    match = _HIDDEN.match(text)
+    if not match:
+        raise ConfigError(f"hidden_layer_remark: {remark!r} is not one of '0'..'9' or 'T1'..'T9'")
+    return int(match.group(2)), "tanh" if match.group(1) else "prelu"
+
+
+def hidden_block(units: int, activation: str, name: str) -> list:
+    """One hidden layer of the hashing network."""
+    act = (keras.layers.PReLU(name=f"{name}_prelu") if activation == "prelu"
+           else keras.layers.Activation("tanh", name=f"{name}_tanh"))
+    return [keras.layers.Dense(units, use_bias=False, name=f"{name}_dense"),
+            keras.layers.BatchNormalization(name=f"{name}_bn"), act]
+
+
+@keras.saving.register_keras_serializable(package="iomface")
+class SoftmaxOut(keras.layers.Layer):
+    """IoM head: (B, m*q) projections → per group softmax(z/T) and the soft code.
+
+    Returns ``(soft_codes, probs)``: ``probs`` (B, m, q) float32 and ``soft_codes`` (B, m),
+    the expected index Σ_j j·p_j in [0, q−1], a differentiable stand-in for the argmax.
+    """
+
+    def __init__(self, m: int, q: int, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.m, self.q, self.temperature = int(m), int(q), float(temperature)
+
+    def call(self, z):
+        z = ops.reshape(ops.cast(z, "float32"), (-1, self.m, self.q))
+        probs = ops.softmax(z / self.temperature, axis=-1)
+        soft_codes = ops.sum(probs * ops.arange(self.q, dtype="float32"), axis=-1)
+        return soft_codes, probs
+
+    def get_config(self):
+        return {**super().get_config(), "m": self.m, "q": self.q, "temperature": self.temperature}
+
+
+def build_hashing_network(dim: int, m: int, q: int, permutation=None, hidden_layer_remark="0",
+                          hidden_units: int | None = None, temperature: float = 1.0,
+                          seed: int = 0) -> keras.Model:
+    """Embedding (B, dim) → {"logits" (B, m*q), "soft_codes" (B, m), "probs" (B, m, q)}.
+
+    The IoM projection is a Dense layer of m·q units with N(0, 1) initial weights (as in
+    the seed project), preceded by the key permutation and the optional hidden layers.
+    """
+    inputs = keras.Input((dim,), name="embedding")
+    x = PermutationLayer(np.arange(dim) if permutation is None else permutation, name="perm_layer")(inputs)
+    n_hidden, activation = parse_hidden_layer_remark(hidden_layer_remark)
+    for i in range(n_hidden):
+        for layer in hidden_block(hidden_units or dim, activation, f"hidden{i + 1}"):
+            x = layer(x)
+    logits = keras.layers.Dense(
+        m * q, name="IoMProjection",
+        kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=seed))(x)
+    soft_codes, probs = SoftmaxOut(m, q, temperature, name="IoMHead")(logits)
+    return keras.Model(inputs, {"logits": logits, "soft_codes": soft_codes, "probs": probs},
+                       name="deep_iom")

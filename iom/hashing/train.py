@@ -1,0 +1,153 @@
+"""Stage-2 training: the hashing network on cached embeddings, with its loss terms logged."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import ops
+
+from iom.hashing import losses as L
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Which terms make the stage-2 loss and their weights (config keys in brackets)."""
+
+    metric_loss: str = "batch_hard_arc_triplet_loss"   # loss_fun
+    margin: float = 0.0                                # triplet_margin
+    code_balance: float = 0.0                          # code_balance_loss (weight; 0 = off)
+    quantization: float = 0.0                          # quanti (weight; 0 = off)
+    bin_lut: str = "none"                              # bin_lut_loss
+    bin_lut_weight: float = 1.0
+
+    def terms(self) -> list[str]:
+        names = ["metric"]
+        if self.code_balance:
+            names.append("code_balance")
+        if self.quantization:
+            names.append("quantization")
+        if self.bin_lut != "none":
+            names.append("bin_lut")
+        return names
+
+
+class HashingTrainer(keras.Model):
+    """Wraps the hashing network; its loss is the weighted sum of the configured terms,
+    each tracked as a metric (so it reaches the logs and TensorBoard)."""
+
+    def __init__(self, network: keras.Model, settings: LossSettings, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.settings = settings
+        self._metric_loss = L.get_metric_loss(settings.metric_loss)
+        L.bin_lut_loss(ops.ones((1, 1, 2)) / 2, settings.bin_lut)  # raises ConfigError on a bad kind
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in settings.terms()}
+
+    def call(self, x, training=False):
+        return self.network(x, training=training)
+
+    def loss_terms(self, labels, outputs) -> dict:
+        """Each configured loss term (unweighted) for one batch."""
+        s = self.settings
+        codes, probs = outputs["soft_codes"], outputs["probs"]
+        metric_input = probs if s.metric_loss in L.PROBABILITY_LOSSES else codes
+        terms = {"metric": self._metric_loss(labels, metric_input, s.margin)}
+        if s.code_balance:
+            terms["code_balance"] = L.code_balance_loss(probs)
+        if s.quantization:
+            terms["quantization"] = L.quantization_loss(codes)
+        if s.bin_lut != "none":
+            terms["bin_lut"] = L.bin_lut_loss(probs, s.bin_lut)
+        return terms
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        s = self.settings
+        weights = {"metric": 1.0, "code_balance": s.code_balance, "quantization": s.quantization,
+                   "bin_lut": s.bin_lut_weight}
+        terms = self.loss_terms(y, y_pred)
+        total = 0.0
+        for name, value in terms.items():
+            self._trackers[name].update_state(value)
+            total = total + weights[name] * value
+        return total
+
+    @property
+    def metrics(self):
+        return super().metrics + list(self._trackers.values())
+
+
+def batch_stream(embeddings: np.ndarray, labels: np.ndarray, sampler, start_step: int = 0):
+    """Endless (embeddings, labels) P×K batches from step ``start_step`` on."""
+    x = np.asarray(embeddings, np.float32)
+    y = np.asarray(labels, np.int32)
+    for step in itertools.count(start_step):
+        idx = sampler.batch(step)
+        yield x[idx], y[idx]
+
+
+def build_optimizer(cfg) -> keras.optimizers.Optimizer:
+    """Adam (default), AdamW or SGD with momentum 0.9 at ``base_lr``."""
+    lr, wd = float(cfg["base_lr"]), float(cfg["w_decay"])
+    if cfg["optimizer"] == "adam":
+        return keras.optimizers.Adam(lr)
+    if cfg["optimizer"] == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=wd)
+    return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=wd or None)
+
+
+def loss_settings(cfg) -> LossSettings:
+    """The :class:`LossSettings` of a stage-2 config."""
+    return LossSettings(cfg["loss_fun"], float(cfg["triplet_margin"]), float(cfg["code_balance_loss"]),
+                        float(cfg["quanti"]), cfg["bin_lut_loss"], float(cfg["bin_lut_weight"]))
+
+
+class _SaveHasher(keras.callbacks.Callback):
+    """Saves the hasher into the run folder at the end of every chunk of ``save_steps``."""
+
+    def __init__(self, hasher, folder: str):
+        super().__init__()
+        self.hasher, self.folder = hasher, folder
+
+    def on_epoch_end(self, epoch, logs=None):
+        _ = self.model  # on JAX this syncs the trained state into the variables
+        self.hasher.save(self.folder)
+
+
+def train_stage2(cfg, checkpoint_root: str = "checkpoints", log_root: str = "logs",
+                 progress: bool = True):
+    """Train the deep IoM head of ``cfg`` on cached embeddings; returns ``(hasher, history)``.
+
+    The hasher is saved to ``<checkpoint_root>/<sub_name>/`` every ``save_steps`` and at
+    the end; each loss term is logged to ``<log_root>/<sub_name>/`` (JSON lines, and
+    TensorBoard where TensorFlow is installed). Training is ``max_steps`` steps, or
+    ``epochs`` passes over the training embeddings, rounded up to whole ``save_steps``.
+    """
+    from arcface.callbacks import ScalarLog, TrainLogCallback
+    from iom.features import training_embeddings
+    from iom.hashing.hasher import DeepIoMHasher
+    from iom.hashing.sampler import PKSampler
+
+    x, y = training_embeddings(cfg)
+    keras.utils.set_random_seed(cfg["seed"])
+    hasher = DeepIoMHasher.from_config(cfg, x.shape[1])
+    sampler = PKSampler(y, cfg["classes_per_batch"], cfg["samples_per_class"], seed=cfg["seed"])
+    steps = cfg["max_steps"] or int(np.ceil(cfg["epochs"] * len(x) / sampler.batch_size))
+    chunk = min(cfg["save_steps"], steps)
+    chunks = int(np.ceil(steps / chunk))
+    trainer = HashingTrainer(hasher.network, loss_settings(cfg))
+    optimizer = build_optimizer(cfg)
+    trainer.compile(optimizer=optimizer)
+    folder = f"{checkpoint_root}/{cfg['sub_name']}"
+    log = ScalarLog(f"{log_root}/{cfg['sub_name']}")
+    print(f"[stage 2] {len(x)} embeddings of {len(np.unique(y))} identities, dimension {x.shape[1]}; "
+          f"m={cfg['m']} q={cfg['q']}; {chunks * chunk} steps of {sampler.batch_size} "
+          f"({cfg['classes_per_batch']} classes x {cfg['samples_per_class']})")
+    history = trainer.fit(batch_stream(x, y, sampler), steps_per_epoch=chunk, epochs=chunks,
+                          verbose=1 if progress else 0, shuffle=False,
+                          callbacks=[TrainLogCallback(log, chunk, float(cfg["base_lr"]), every=min(50, chunk)),
+                                     _SaveHasher(hasher, folder)])
+    print(f"[stage 2] saved the hasher to {folder}")
+    return hasher, history.history

@@ -1,0 +1,223 @@
+"""Stage 2 end to end: config validation, training on cached embeddings, the hasher file,
+key scenarios, and the two command-line scripts."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from arcface.config import validate_config
+from arcface.data.pairs import LfwPair, write_lfw_pairs
+from arcface.embeddings_io import save_embeddings
+from arcface.errors import ConfigError
+from iom.config import STAGE2_FIELDS, finalize_stage2, load_stage2_config
+from iom.evaluation.cancelability import cancelability_report, run_scenarios
+from iom.evaluation.matching import hamming_similarity
+from iom.hashing.hasher import DeepIoMHasher
+from iom.keys import TemplateKey
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stage2_cfg(**values):
+    base = {"sub_name": "t", "m": 8, "q": 4}
+    return finalize_stage2(validate_config({**base, **values}, STAGE2_FIELDS, "test.yaml"))
+
+
+def synthetic_embeddings(n_classes=8, per_class=6, dim=16, seed=0):
+    """Unit vectors clustered by class (learnable)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    x = np.repeat(centres, per_class, axis=0) + 0.3 * rng.normal(size=(n_classes * per_class, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), \
+        np.repeat(np.arange(n_classes), per_class)
+
+
+# --------------------------------------------------------------------------- config
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("iom_*.yaml")))
+def test_shipped_stage2_configs_validate(path):
+    cfg = load_stage2_config(path)
+    assert cfg["m"] > 0 and cfg["q"] >= 2
+
+
+@pytest.mark.parametrize("values, needle", [
+    ({"loss_fun": "nope"}, "loss_fun"),
+    ({"hidden_layer_remark": "X"}, "hidden_layer_remark"),
+    ({"q": 1}, "'q'"),
+    ({"m_": 3}, "did you mean 'm'"),
+    ({"key_mode": "both"}, "key_mode"),
+    ({"bin_lut_loss": "relu"}, "bin_lut_loss"),
+    ({"train_dataset": "a", "train_embeddings": "b", "stage1_model": "x"}, "not both"),
+    ({"train_dataset": "a"}, "stage1_model"),
+])
+def test_bad_stage2_configs_name_the_key(values, needle):
+    with pytest.raises(ConfigError, match=needle):
+        stage2_cfg(**values)
+
+
+def test_boolean_loss_switches_become_weights():
+    cfg = stage2_cfg(code_balance_loss=True, quanti=True)
+    assert cfg["code_balance_loss"] == 1.0 and cfg["quanti"] == 0.1
+    assert stage2_cfg(quanti=0.5)["quanti"] == 0.5 and stage2_cfg()["quanti"] == 0.0
+
+
+# --------------------------------------------------------------------------- training
+def test_train_stage2_on_an_embeddings_file_logs_every_term(tmp_path):
+    from iom.hashing.train import train_stage2
+
+    x, y = synthetic_embeddings()
+    save_embeddings(tmp_path / "train.npz", [str(i) for i in range(len(x))], x, y)
+    cfg = stage2_cfg(train_embeddings=str(tmp_path / "train.npz"), classes_per_batch=4,
+                     samples_per_class=3, max_steps=30, save_steps=10, code_balance_loss=True,
+                     quanti=True, bin_lut_loss="tanh", base_lr=0.01)
+    hasher, history = train_stage2(cfg, tmp_path / "ckpt", tmp_path / "logs", progress=False)
+    assert len(history["loss"]) == 3
+    logged = [json.loads(line) for line in open(tmp_path / "logs" / "t" / "metrics.jsonl")]
+    keys = set().union(*logged)
+    for term in ("metric", "code_balance", "quantization", "bin_lut", "loss"):
+        assert f"train/{term}" in keys
+    loaded = DeepIoMHasher.load(str(tmp_path / "ckpt" / "t"))
+    np.testing.assert_array_equal(loaded.codes(x), hasher.codes(x))
+    assert loaded.codes(x).dtype == np.uint8 and loaded.codes(x).max() < 4
+
+
+def test_training_separates_classes_better_than_the_random_start(tmp_path):
+    from iom.hashing.train import train_stage2
+
+    x, y = synthetic_embeddings(n_classes=10, per_class=8, dim=32, seed=1)
+    save_embeddings(tmp_path / "train.npz", [str(i) for i in range(len(x))], x, y)
+
+    def margin(h):  # mean genuine minus mean impostor Hamming similarity
+        c = h.codes(x)
+        sim = (c[:, None, :] == c[None, :, :]).mean(2)
+        same = y[:, None] == y[None, :]
+        off = ~np.eye(len(y), dtype=bool)
+        return sim[same & off].mean() - sim[~same].mean()
+
+    cfg = stage2_cfg(train_embeddings=str(tmp_path / "train.npz"), m=16, q=4, classes_per_batch=5,
+                     samples_per_class=4, max_steps=150, save_steps=150, base_lr=0.01)
+    start = DeepIoMHasher.from_config(cfg, 32)
+    trained, _ = train_stage2(cfg, tmp_path / "ckpt", tmp_path / "logs", progress=False)
+    assert margin(trained) > margin(start) + 0.05
+
+
+# --------------------------------------------------------------------------- keys
+@pytest.fixture
+def pair_protocol():
+    x, y = synthetic_embeddings(n_classes=30, per_class=4, dim=16, seed=2)
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, len(x), 400)
+    right = np.where(rng.random(400) < 0.5, (left // 4) * 4 + (left + 1) % 4, rng.integers(0, len(x), 400))
+    return x, left, right, y[left] == y[right]
+
+
+def test_code_keying_preserves_accuracy_and_unlinks_keys(pair_protocol):
+    x, left, right, issame = pair_protocol
+    hasher = DeepIoMHasher.from_config(stage2_cfg(m=256, q=8), 16)
+    scores = run_scenarios(hasher, x, left, right, issame, n_draws=2, pool_size=8)
+    training = scores["training"].draws[0]
+    np.testing.assert_array_equal(scores["stolen"].draws[0], training)        # any shared key: same scores
+    np.testing.assert_array_equal(scores["fresh"].draws[1][issame], training[issame])
+    report = cancelability_report(scores, issame, q=8)
+    assert abs(report.mated_cross_mean - 1 / 8) < 0.02                        # cross-key ≈ chance
+    assert abs(report.mated_cross_mean - report.nonmated_cross_mean) < 0.02
+    assert report.unlinkability.d_sys < 0.1
+
+
+def test_embedding_key_mode_equals_training_codes_under_the_training_key(pair_protocol):
+    x = pair_protocol[0]
+    hasher = DeepIoMHasher.from_config(stage2_cfg(key_mode="embedding", train_key="k0"), 16)
+    np.testing.assert_array_equal(hasher.encode(x, TemplateKey.from_seed("k0")), hasher.codes(x))
+    assert not np.array_equal(hasher.encode(x, TemplateKey.from_seed("k1")), hasher.codes(x))
+
+
+def test_hasher_rejects_bad_embeddings():
+    hasher = DeepIoMHasher.from_config(stage2_cfg(), 16)
+    with pytest.raises(ValueError, match="shape"):
+        hasher.codes(np.zeros((3, 15), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        hasher.codes(np.full((3, 16), np.nan, np.float32))
+
+
+def test_keyed_codes_of_one_key_match_themselves_exactly(pair_protocol):
+    x = pair_protocol[0]
+    hasher = DeepIoMHasher.from_config(stage2_cfg(m=64, q=16), 16)
+    key = TemplateKey.random(np.random.default_rng(1))
+    a, b = hasher.encode(x, key), hasher.encode(x[::-1], key)[::-1]
+    assert hamming_similarity(a, b).min() == 1.0
+
+
+# --------------------------------------------------------------------------- scripts
+def face(rng):
+    small = rng.integers(0, 256, (7, 7, 3)).astype(np.uint8)
+    return cv2.resize(small, (112, 112), interpolation=cv2.INTER_CUBIC)
+
+
+def run_script(script, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, f"scripts/{script}", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_and_test_scripts_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    people = [f"p{i}" for i in range(6)]
+    faces, pairs_dir = tmp_path / "faces", tmp_path / "pairs"
+    for person in people:
+        for root, names in ((faces, [f"{k}.jpg" for k in range(4)]),
+                            (pairs_dir, [f"{person}_{k:04d}.jpg" for k in range(1, 4)])):
+            (root / person).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                cv2.imwrite(str(root / person / name), face(rng))
+    pairs = []
+    for fold in range(2):
+        pairs += [LfwPair(people[3 * fold + j], 1, people[3 * fold + j], 2 + (j % 2)) for j in range(3)]
+        pairs += [LfwPair(people[j], 1 + fold, people[j + 3], 3 - fold) for j in range(3)]
+    write_lfw_pairs(pairs_dir / "pairs.txt", pairs, n_folds=2, n_per_fold=3)
+    cfg = tmp_path / "iom.yaml"
+    cfg.write_text(
+        "sub_name: iom_test\nstage1_model: mbfn_celeba299\nm: 16\nq: 4\n"
+        "classes_per_batch: 3\nsamples_per_class: 2\nmax_steps: 6\nsave_steps: 3\n"
+        f"train_dataset: '{faces}'\ntest_dataset: '{pairs_dir}'\nidentification_dataset: '{faces}'\n"
+        f"cache_dir: '{tmp_path / 'cache'}'\nn_fresh_keys: 2\neval_batch_size: 16\ntarget_far: 0.1\n")
+    ckpt = tmp_path / "ckpt"
+    done = run_script("train_twostage_tripletloss_online.py", "--cfg_path", cfg,
+                      "--checkpoint_root", ckpt, "--log_root", tmp_path / "logs")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (ckpt / "iom_test" / "hasher.json").is_file()
+    out = tmp_path / "res.json"
+    done = run_script("test_twostage_iom.py", "--cfg_path", cfg, "--model_path", ckpt / "iom_test",
+                      "--json", out, "--plots", tmp_path / "plots", "--calibration", tmp_path / "cal.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| Accuracy" in done.stdout and "D<->sys" in done.stdout
+    res = json.loads(out.read_text())
+    ver = res["verification"]["pairs"]
+    assert set(ver) == {"raw", "deep_iom", "random_iom"}
+    assert set(ver["deep_iom"]["scenarios"]) == {"training", "stolen", "fresh"}
+    assert len(ver["deep_iom"]["scenarios"]["fresh"]["accuracy_per_draw"]) == 2
+    assert 0.0 <= ver["deep_iom"]["cancelability"]["d_sys"] <= 1.0
+    assert set(res["identification"]["faces"]) == {"raw", "deep_iom", "random_iom"}
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    assert cal["far"] == 0.1 and 0.0 <= cal["threshold"] <= 1.0 and cal["m"] == 16
+    assert (tmp_path / "plots" / "pairs_roc.png").is_file()
+    assert (tmp_path / "plots" / "pairs_deep_iom_unlinkability.png").is_file()
+    # second run: embeddings come from the cache (no stage-1 model needed any more)
+    done = run_script("test_twostage_iom.py", "--cfg_path", cfg, "--model_path", ckpt / "iom_test",
+                      "--cancelability", "--no_random")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "random_iom" not in done.stdout
+
+
+def test_scripts_fail_cleanly_on_a_bad_config(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sub_name: x\nm: 8\nq: 4\nloss_fn: batch_hard_triplet\n")
+    done = run_script("train_twostage_tripletloss_online.py", "--cfg_path", cfg)
+    assert done.returncode == 2 and "unknown key 'loss_fn'" in done.stderr
+    done = run_script("test_twostage_iom.py", "--cfg_path", REPO / "configs" / "iom_mbfn_celeba299_64x8.yaml",
+                      "--model_path", tmp_path)
+    assert done.returncode == 2 and "no saved hasher" in done.stderr
