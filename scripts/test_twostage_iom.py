@@ -2,7 +2,7 @@
 
     python scripts/test_twostage_iom.py --cfg_path configs/iom_mbfn_celeba299_512x8.yaml
         [--model_path checkpoints/<sub_name>] [--json results.json] [--plots DIR]
-        [--cancelability] [--no_random] [--n_draws N] [--calibration PATH]
+        [--cancelability] [--no_random] [--n_draws N] [--calibration PATH] [--key_mode code|embedding]
 
 Prints, per verification set, the seed's table (raw embeddings, deep IoM and random IoM
 at the same (m, q), under the training key, a stolen key and fresh keys) and the
@@ -30,6 +30,8 @@ def main(argv=None) -> int:
                         help="write the decision threshold at target_far (for the template service)")
     parser.add_argument("--cancelability", action="store_true", help="only the key scenarios")
     parser.add_argument("--no_random", action="store_true", help="skip the random IoM baseline")
+    parser.add_argument("--key_mode", default=None, choices=["code", "embedding"],
+                        help="override where user keys act (ablation: 'embedding' is the parent's scheme)")
     parser.add_argument("--n_draws", type=int, default=None, help="key draws per scenario (n_fresh_keys)")
     args = parser.parse_args(argv)
 
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
 
     cfg = load_stage2_config(args.cfg_path)
     hasher = DeepIoMHasher.load(find_hasher(cfg, args.model_path))
+    if args.key_mode:
+        hasher.key_mode = args.key_mode
     evaluate_stage2(cfg, hasher, json_path=args.json, plot_dir=args.plots,
                     with_random=not args.no_random, cancelability_only=args.cancelability,
                     n_draws=args.n_draws, calibration_path=args.calibration)

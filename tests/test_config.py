@@ -312,7 +312,7 @@ def test_load_config_names_the_file_and_finalizes(tmp_path):
     assert str(err.value).startswith(f"{bad}: unknown key 'bogus'")
 
 
-SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+SHIPPED = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("iom_"))  # stage 1 only
 
 
 def test_configs_folder_is_not_empty():

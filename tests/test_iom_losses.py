@@ -217,7 +217,12 @@ def test_no_valid_triplet_gives_zero(labels):
 
 @pytest.mark.parametrize("name", sorted(METRIC_LOSSES))
 def test_metric_losses_finite_gradients_with_duplicates(name):
+    from iom.hashing.losses import PROBABILITY_LOSSES
+
     labels, codes = duplicates_batch()
+    if name in PROBABILITY_LOSSES:  # these take (B, m, q) probabilities: duplicate rows there
+        _, codes, _ = batch(0)
+        codes[1] = codes[2] = codes[0]
     value, grad = value_and_grad(lambda x: get_metric_loss(name)(labels, x, 0.3), codes)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     assert np.any(grad != 0.0)
@@ -289,3 +294,56 @@ def test_bin_lut_loss(q):
 def test_bin_lut_loss_bad_kind():
     with pytest.raises(ConfigError, match=r"'relu'.*tanh.*sigmoid.*none"):
         bin_lut_loss(np.zeros((1, 1, 2), np.float32), "relu")
+
+
+# --------------------------------------------------------------------------- #
+# Hamming-agreement losses
+# --------------------------------------------------------------------------- #
+def ref_agreement(p):
+    """A_ab = (1/m) Σ_i Σ_j p_aij p_bij by explicit loops (float64)."""
+    p = np.asarray(p, np.float64)
+    n, m, _ = p.shape
+    return np.array([[sum(p[a, i] @ p[b, i] for i in range(m)) / m for b in range(n)] for a in range(n)])
+
+
+def softplus(x):
+    return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("margin,scale", [(0.0, 16.0), (0.1, 4.0)])
+def test_hamming_losses_match_reference(seed, margin, scale):
+    from iom.hashing.losses import batch_all_hamming_loss, batch_hard_hamming_loss, expected_agreement
+
+    y, probs, _ = batch(seed)
+    agree = ref_agreement(probs)
+    np.testing.assert_allclose(num(expected_agreement(probs)), agree, rtol=RTOL, atol=ATOL)
+    hard = np.mean([softplus(scale * (max(agree[a, n] for n in negatives(y, a))
+                                      - min(agree[a, p] for p in positives(y, a)) + margin))
+                    for a in range(B)])
+    every = [softplus(scale * (agree[a, n] - agree[a, p] + margin))
+             for a in range(B) for p in positives(y, a) for n in negatives(y, a)]
+    np.testing.assert_allclose(num(batch_hard_hamming_loss(y, probs, margin, scale)), hard, rtol=RTOL)
+    np.testing.assert_allclose(num(batch_all_hamming_loss(y, probs, margin, scale)), np.mean(every), rtol=RTOL)
+
+
+def test_expected_agreement_of_one_hot_codes_is_hamming_similarity():
+    from iom.hashing.losses import expected_agreement
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, Q, (6, M))
+    probs = np.eye(Q, dtype=np.float32)[codes]
+    want = (codes[:, None, :] == codes[None, :, :]).mean(2)
+    np.testing.assert_allclose(num(expected_agreement(probs)), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_decidability_hamming_loss_matches_reference(seed):
+    from iom.hashing.losses import decidability_hamming_loss
+
+    y, probs, _ = batch(seed)
+    agree = ref_agreement(probs)
+    gen = [agree[a, b] for a in range(B) for b in range(B) if a != b and y[a] == y[b]]
+    imp = [agree[a, b] for a in range(B) for b in range(B) if y[a] != y[b]]
+    want = -(np.mean(gen) - np.mean(imp)) / math.sqrt((np.var(gen) + np.var(imp)) / 2 + 1e-8)
+    np.testing.assert_allclose(num(decidability_hamming_loss(y, probs)), want, rtol=1e-4)

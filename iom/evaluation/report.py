@@ -88,16 +88,19 @@ def random_baseline(m: int, q: int, dim: int) -> tuple[RandomIoM, TemplateKey]:
 
 
 def calibration(data: PairData, hasher, far: float) -> dict:
-    """The decision threshold of ``hasher`` (training key) at ``far`` on ``data``'s impostors."""
-    from arcface.metrics import tar_at_far
-
-    codes = hasher.encode(data.embeddings, None)
+    """The decision threshold of ``hasher`` (training key) at ``far`` on ``data``'s impostors:
+    the lowest Hamming similarity accepted with a false-accept rate ``<= far``. ``threshold``
+    is ``None`` when no genuine score clears every allowed impostor (nothing can be accepted)."""
+    from arcface.metrics import far_resolvable, tar_at_far
     from iom.evaluation.matching import hamming_similarity
 
+    codes = hasher.encode(data.embeddings, None)
     scores = hamming_similarity(codes[data.left], codes[data.right])
     tar, threshold = tar_at_far(scores, data.issame, far)
-    return {"far": far, "threshold": float(threshold), "tar": float(tar), "dataset": data.name,
-            "n_impostor": int((~data.issame).sum()), "m": hasher.m, "q": hasher.q}
+    n_impostor = int((~data.issame).sum())
+    return {"far": far, "threshold": float(threshold) if np.isfinite(threshold) else None,
+            "tar": float(tar), "dataset": data.name, "n_impostor": n_impostor,
+            "far_resolvable": bool(far_resolvable(n_impostor, far)), "m": hasher.m, "q": hasher.q}
 
 
 def format_pair_results(name: str, results: dict) -> str:
@@ -219,8 +222,10 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
         out["identification"][name] = {k: r.to_dict() for k, r in reports.items()}
     if calibration_path and "calibration" in out:
         _write_json(calibration_path, out["calibration"])
-        print(f"calibration (FAR {cfg['target_far']}): threshold {out['calibration']['threshold']:.4f} "
-              f"-> {calibration_path}")
+        cal = out["calibration"]
+        shown = "none reachable" if cal["threshold"] is None else f"{cal['threshold']:.4f}"
+        warn = "" if cal["far_resolvable"] else f" (warning: FAR below 1/{cal['n_impostor']} impostors)"
+        print(f"calibration (FAR {cfg['target_far']}): threshold {shown}{warn} -> {calibration_path}")
     if json_path:
         _write_json(json_path, out)
         print(f"all figures -> {json_path}")

@@ -271,6 +271,23 @@ def batch_all_hamming_loss(labels, probs, margin: float = 0.0, scale: float = 16
     return _masked_mean(loss, _triplet_mask(pos, neg))
 
 
+
+def decidability_hamming_loss(labels, probs, margin: float = 0.0):
+    """Negative decidability of expected agreement over every pair of the batch:
+    ``−(μ_gen − μ_imp) / sqrt((σ²_gen + σ²_imp) / 2)`` (``margin`` is not used)."""
+    pos, neg = _label_masks(labels)
+    agree = expected_agreement(probs)
+
+    def moments(mask):
+        w = ops.cast(mask, "float32")
+        n = ops.maximum(ops.sum(w), 1.0)
+        mean = ops.sum(agree * w) / n
+        return mean, ops.sum(ops.square(agree - mean) * w) / n
+
+    mu_g, var_g = moments(pos)
+    mu_i, var_i = moments(neg)
+    return -(mu_g - mu_i) / ops.sqrt((var_g + var_i) / 2.0 + 1e-8)
+
 # --------------------------------------------------------------------------- #
 # registry
 # --------------------------------------------------------------------------- #
@@ -286,10 +303,12 @@ METRIC_LOSSES: dict[str, Callable] = {
     "triplet_semi": semihard_triplet_loss,
     "batch_hard_hamming_loss": batch_hard_hamming_loss,
     "batch_all_hamming_loss": batch_all_hamming_loss,
+    "decidability_hamming_loss": decidability_hamming_loss,
 }
 
 #: metric losses that take the (B, m, q) probabilities instead of the (B, m) soft codes
-PROBABILITY_LOSSES = frozenset({"batch_hard_hamming_loss", "batch_all_hamming_loss"})
+PROBABILITY_LOSSES = frozenset({"batch_hard_hamming_loss", "batch_all_hamming_loss",
+                                "decidability_hamming_loss"})
 
 
 def get_metric_loss(name: str) -> Callable:
