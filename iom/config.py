@@ -87,7 +87,11 @@ STAGE2_FIELDS: dict[str, Field] = {
     # test
     "test_dataset": Field((str, list, type(None)), None, "pairs folders or .bin files (verification)",
                           check=_optional_str_or_list),
-    "identification_dataset": Field((str, type(None)), None, "identity folder for identification"),
+    "test_embeddings": Field((str, type(None)), None,
+                             ".npz of the test images' embeddings from any extractor (names: paths relative "
+                             "to the pairs folder); used instead of stage1_model at evaluation"),
+    "identification_dataset": Field((str, type(None)), None,
+                                    "identity folder (or, with test_embeddings, its .npz with labels)"),
     "gallery_per_class": Field((int,), 1, "identification: gallery images per enrolled identity",
                                check=positive),
     "target_far": Field((int, float), 1e-3, "FAR of the calibration threshold written by the evaluation",

@@ -17,10 +17,9 @@ from arcface.embeddings_io import EmbeddingSet, list_images, load_embeddings, sa
 from arcface.errors import ConfigError, DataFormatError
 
 
-def load_stage1(cfg):
-    """``(stage-1 config, backbone)`` named by a stage-2 config's ``stage1_model``."""
+def stage1_config(cfg):
+    """The stage-1 config of the model a stage-2 config names in ``stage1_model``."""
     from arcface.config import load_config
-    from arcface.models import load_backbone
     from arcface.pretrained import resolve_config_path
 
     if not cfg["stage1_model"]:
@@ -29,6 +28,14 @@ def load_stage1(cfg):
     if cfg["backbone_type"] and cfg["backbone_type"] != stage1_cfg["backbone_type"]:
         raise ConfigError(f"{cfg.source}: backbone_type {cfg['backbone_type']!r} but the stage-1 model "
                           f"is a {stage1_cfg['backbone_type']}")
+    return stage1_cfg
+
+
+def load_stage1(cfg):
+    """``(stage-1 config, backbone)`` named by a stage-2 config's ``stage1_model``."""
+    from arcface.models import load_backbone
+
+    stage1_cfg = stage1_config(cfg)
     return stage1_cfg, load_backbone(stage1_cfg, cfg["stage1_model"])
 
 
@@ -37,12 +44,9 @@ class FeatureExtractor:
 
     def __init__(self, cfg):
         from arcface.models import resolve_weights
-        from arcface.config import load_config
-        from arcface.pretrained import resolve_config_path
 
         self.cfg = cfg
-        stage1_cfg = load_config(resolve_config_path(cfg["stage1_cfg_path"], cfg["stage1_model"]))
-        self.weights = resolve_weights(stage1_cfg, cfg["stage1_model"])
+        self.weights = resolve_weights(stage1_config(cfg), cfg["stage1_model"])
         self._backbone = None
 
     def _fingerprint(self, items, mirror: bool) -> str:
@@ -82,6 +86,45 @@ class FeatureExtractor:
         names, paths, labels, class_names = list_images(folder)
         return self.embed_items(paths, os.path.basename(os.path.normpath(folder)), names, labels,
                                 class_names, mirror=mirror, progress=progress)
+
+
+class PrecomputedEmbeddings:
+    """Embeddings computed by any extractor, read from an ``.npz`` (``names``: image paths
+    relative to the data folder, ``/``-separated); stands in for :class:`FeatureExtractor`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.data = load_embeddings(path)
+        self._rows = {str(n).replace(os.sep, "/"): i for i, n in enumerate(self.data.names)}
+
+    def _row(self, item) -> int:
+        if isinstance(item, (bytes, bytearray)):
+            raise DataFormatError(f"{self.path}: precomputed embeddings cannot serve encoded images "
+                                  "(.bin sets); use a pairs folder")
+        parts = os.path.normpath(os.fspath(item)).split(os.sep)
+        for k in range(1, len(parts) + 1):                 # the shortest trailing path that is a name
+            row = self._rows.get("/".join(parts[-k:]))
+            if row is not None:
+                return row
+        raise DataFormatError(f"{self.path}: no embedding for image {item}")
+
+    def embed_items(self, items, tag: str = "", **_) -> EmbeddingSet:
+        """The rows of ``items`` (image paths), in order."""
+        rows = np.array([self._row(i) for i in items], np.int64)
+        d = self.data
+        return EmbeddingSet(d.names[rows], d.embeddings[rows],
+                            None if d.labels is None else d.labels[rows], d.class_names)
+
+    def embed_folder(self, folder: str = "", mirror: bool = False, progress: bool = True) -> EmbeddingSet:
+        """Every embedding of the file (an identity set when it has labels)."""
+        if mirror:
+            raise DataFormatError(f"{self.path}: precomputed embeddings have no mirror images")
+        return self.data
+
+
+def evaluation_source(cfg):
+    """Where evaluation embeddings come from: ``test_embeddings`` if set, else the stage-1 model."""
+    return PrecomputedEmbeddings(cfg["test_embeddings"]) if cfg["test_embeddings"] else FeatureExtractor(cfg)
 
 
 def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:

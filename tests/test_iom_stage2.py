@@ -17,6 +17,7 @@ from arcface.config import validate_config
 from arcface.data.pairs import LfwPair, write_lfw_pairs
 from arcface.embeddings_io import save_embeddings
 from arcface.errors import ConfigError
+from arcface.metrics import auc
 from iom.config import STAGE2_FIELDS, finalize_stage2, load_stage2_config
 from iom.evaluation.cancelability import cancelability_report, run_scenarios
 from iom.evaluation.matching import hamming_similarity
@@ -183,11 +184,15 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
         pairs += [LfwPair(people[3 * fold + j], 1, people[3 * fold + j], 2 + (j % 2)) for j in range(3)]
         pairs += [LfwPair(people[j], 1 + fold, people[j + 3], 3 - fold) for j in range(3)]
     write_lfw_pairs(pairs_dir / "pairs.txt", pairs, n_folds=2, n_per_fold=3)
+    from arcface.data.pair_generation import make_verification_bin
+
+    make_verification_bin(pairs_dir, pairs_dir / "pairs.txt", tmp_path / "pairs_bin.bin")
     cfg = tmp_path / "iom.yaml"
     cfg.write_text(
         "sub_name: iom_test\nstage1_model: mbfn_celeba299\nm: 16\nq: 4\n"
         "classes_per_batch: 3\nsamples_per_class: 2\nmax_steps: 6\nsave_steps: 3\n"
-        f"train_dataset: '{faces}'\ntest_dataset: '{pairs_dir}'\nidentification_dataset: '{faces}'\n"
+        f"train_dataset: '{faces}'\ntest_dataset: ['{pairs_dir}', '{tmp_path / 'pairs_bin.bin'}']\n"
+        f"identification_dataset: '{faces}'\n"
         f"cache_dir: '{tmp_path / 'cache'}'\nn_fresh_keys: 2\neval_batch_size: 16\ntarget_far: 0.1\n")
     ckpt = tmp_path / "ckpt"
     done = run_script("train_twostage_tripletloss_online.py", "--cfg_path", cfg,
@@ -206,6 +211,10 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
     assert len(ver["deep_iom"]["scenarios"]["fresh"]["accuracy_per_draw"]) == 2
     assert 0.0 <= ver["deep_iom"]["cancelability"]["d_sys"] <= 1.0
     assert set(res["identification"]["faces"]) == {"raw", "deep_iom", "random_iom"}
+    from_bin = res["verification"]["pairs_bin"]                      # the same images packed in a .bin
+    assert from_bin["raw"]["report"]["auc"] == pytest.approx(ver["raw"]["report"]["auc"], abs=1e-6)
+    assert from_bin["deep_iom"]["scenarios"]["training"]["report"]["auc"] == pytest.approx(
+        ver["deep_iom"]["scenarios"]["training"]["report"]["auc"], abs=1e-6)
     cal = json.loads((tmp_path / "cal.json").read_text())
     assert cal["far"] == 0.1 and cal["m"] == 16 and cal["n_impostor"] == 6
     assert cal["threshold"] is None or 0.0 <= cal["threshold"] <= 1.0
@@ -292,3 +301,43 @@ def test_calibration_threshold_at_the_target_far():
     assert cal["threshold"] == 0.5 and cal["tar"] == 0.75 and cal["far_resolvable"]
     cal = calibration(data, Fixed(), far=0.0)                        # none may: above 0.5
     assert cal["threshold"] == 0.75 and cal["tar"] == 0.5
+
+
+def test_any_extractor_through_embedding_files(tmp_path):
+    """No stage-1 model at all: training and test embeddings come from .npz files."""
+    people = [f"p{i}" for i in range(6)]
+    pairs_dir = tmp_path / "pairs"
+    rng = np.random.default_rng(0)
+    for person in people:  # the images exist (the pairs reader checks) but are never decoded
+        (pairs_dir / person).mkdir(parents=True)
+        for k in range(1, 4):
+            cv2.imwrite(str(pairs_dir / person / f"{person}_{k:04d}.jpg"), face(rng))
+    pairs = []
+    for fold in range(2):
+        pairs += [LfwPair(people[3 * fold + j], 1, people[3 * fold + j], 2 + (j % 2)) for j in range(3)]
+        pairs += [LfwPair(people[j], 1 + fold, people[j + 3], 3 - fold) for j in range(3)]
+    write_lfw_pairs(pairs_dir / "pairs.txt", pairs, n_folds=2, n_per_fold=3)
+    x, y = synthetic_embeddings(n_classes=6, per_class=3, dim=16, seed=3)
+    names = [f"{people[c]}/{people[c]}_{k + 1:04d}.jpg" for c in range(6) for k in range(3)]
+    save_embeddings(tmp_path / "test.npz", names, x, y)
+    xt, yt = synthetic_embeddings(n_classes=8, per_class=6, dim=16, seed=4)
+    save_embeddings(tmp_path / "train.npz", [str(i) for i in range(len(xt))], xt, yt)
+    cfg = tmp_path / "iom.yaml"
+    cfg.write_text(f"sub_name: any\nm: 32\nq: 4\nclasses_per_batch: 4\nsamples_per_class: 3\nmax_steps: 20\n"
+                   f"save_steps: 20\ntrain_embeddings: '{tmp_path / 'train.npz'}'\n"
+                   f"test_embeddings: '{tmp_path / 'test.npz'}'\ntest_dataset: '{pairs_dir}'\n"
+                   f"identification_dataset: '{tmp_path / 'test.npz'}'\nn_fresh_keys: 2\n")
+    ckpt = tmp_path / "ckpt"
+    done = run_script("train_twostage_tripletloss_online.py", "--cfg_path", cfg, "--checkpoint_root", ckpt,
+                      "--log_root", tmp_path / "logs")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_script("test_twostage_iom.py", "--cfg_path", cfg, "--model_path", ckpt / "any",
+                      "--json", tmp_path / "res.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((tmp_path / "res.json").read_text())
+    raw = res["verification"]["pairs"]["raw"]["report"]
+    cos = [x[names.index(f"{p.name1}/{p.name1}_{p.idx1:04d}.jpg")] @ x[names.index(f"{p.name2}/{p.name2}_{p.idx2:04d}.jpg")]
+           for p in pairs]                                           # pairs file order = report order
+    assert raw["n_pairs"] == 12
+    assert raw["auc"] == pytest.approx(auc(np.array(cos), np.array([p.issame for p in pairs])))
+    assert set(res["identification"]["test"]) == {"raw", "deep_iom", "random_iom"}

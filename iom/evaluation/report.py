@@ -35,7 +35,8 @@ class PairData:
 
 
 def load_pair_data(spec: str, extractor) -> PairData:
-    """Embed (with caching) the images of a verification set (.bin or pairs folder)."""
+    """Embed (with caching) the images of a verification set (.bin or pairs folder);
+    ``extractor`` is a :class:`~iom.features.FeatureExtractor` or precomputed embeddings."""
     from arcface.data.pairs import load_verification_set
     from arcface.verification import unique_items
 
@@ -181,13 +182,12 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
                     n_draws: int | None = None, calibration_path: str | None = None) -> dict:
     """Everything ``scripts/test_twostage_iom.py`` reports, printed and returned (and
     written to ``json_path`` / ``plot_dir`` / ``calibration_path`` when given)."""
-    import json
 
     from iom.evaluation.identification import format_identification_table
-    from iom.features import FeatureExtractor
     from arcface.verification import find_verification_sets
+    from iom.features import evaluation_source
 
-    extractor = FeatureExtractor(cfg)
+    extractor = evaluation_source(cfg)
     n_draws = n_draws or cfg["n_fresh_keys"]
     hashers = {"deep_iom": (hasher, None)}
     if with_random:
@@ -209,14 +209,19 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
         if calibration_path and "calibration" not in out:
             out["calibration"] = calibration(data, hasher, cfg["target_far"])
     if cfg["identification_dataset"] and not cancelability_only:
-        folder = extractor.embed_folder(cfg["identification_dataset"])
+        path = cfg["identification_dataset"]
+        if path.endswith(".npz"):
+            from arcface.embeddings_io import load_embeddings
+            folder = load_embeddings(path)
+        else:
+            folder = extractor.embed_folder(path)
         if folder.labels is None:
             from arcface.errors import DataFormatError
             raise DataFormatError(f"{cfg['identification_dataset']}: identification needs one "
                                   "sub-folder per identity")
         reports = evaluate_identification(folder.embeddings, folder.labels, hashers,
                                           cfg["gallery_per_class"])
-        name = os.path.basename(os.path.normpath(cfg["identification_dataset"]))
+        name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
         print(f"## identification on {name}\n" + format_identification_table(list(reports.values()),
                                                                                list(reports)))
         out["identification"][name] = {k: r.to_dict() for k, r in reports.items()}
