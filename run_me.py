@@ -1,13 +1,17 @@
-"""iomface demo: embed face photos with a stage-1 network and compare them.
+"""iomface demo: protected face templates end to end.
 
-    python run_me.py [--cfg_path configs/X.yaml] [--model_path PATH] [--images A B ...]
+    python run_me.py [--images A B ...] [--db FILE]
 
-With no arguments it uses only what the project and its installed dependencies ship: the
-model in ``models/mbfn_celeba299`` and matplotlib's public-domain ``grace_hopper.jpg``, an
-augmented copy of it (a stand-in for a second photo of the same person, and said so), and a
-different image. --model_path takes a shipped model's name, weights or a checkpoint folder;
-without any weights the network is randomly initialised and the output says so plainly.
-(The IoM hashing stage arrives with a later milestone: see README.)
+Builds the pipeline the project ships (MTCNN alignment, the stage-1 model
+``models/mbfn_celeba299``, the deep IoM hasher ``models/iom_mbfn_celeba299_512x8`` and its
+calibrated threshold), enrolls a person in a template database (a temporary SQLite file
+unless ``--db``), prints code excerpts, genuine and impostor Hamming distances, then revokes
+the template, reissues it under a new token and shows the old template no longer matching.
+Nothing is downloaded and nothing is read from ``../shared``: with no arguments the photos
+are files that matplotlib ships. Only one face photo ships with the dependencies
+(``grace_hopper.jpg``), so the genuine probe is an *augmented copy of the same photo* and the
+other "person" is a non-face image; the output says so. ``--images A B ...`` uses your own
+photos: A is enrolled, every other photo is verified against it.
 """
 
 from __future__ import annotations
@@ -15,85 +19,112 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_MODEL = "mbfn_celeba299"
-FALLBACK_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                            "arc_mbfn_celeba_tiny.yaml")
+HASHER = "iom_mbfn_celeba299_512x8"
 
 
-def demo_faces():
-    """(label, RGB 112x112 image) pairs built from files shipped with matplotlib."""
+def demo_photos():
+    """(label, RGB photo) from files shipped with matplotlib; the copy is an augmented copy."""
     import cv2
     import matplotlib.cbook as cbook
     import numpy as np
 
     from arcface.data.images import decode_image
 
-    from arcface.align import FaceAligner
-
-    # MTCNN detection and the five-point warp, as for any photo
-    face = FaceAligner().align(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))[0].image
+    photo = decode_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     rng = np.random.default_rng(0)
-    copy = np.clip(face[:, ::-1].astype(np.float32) * 1.1 + 8 + rng.normal(0, 4, face.shape), 0, 255)
+    h, w = photo.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.0)              # rotate 6°, brighten, noise
+    copy = cv2.warpAffine(photo, turn, (w, h), borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+    copy = np.clip(copy[:, ::-1] * 1.1 + 8 + rng.normal(0, 4, copy.shape), 0, 255).astype(np.uint8)
     other = decode_image(cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False))
-    other = cv2.resize(other, (112, 112), interpolation=cv2.INTER_AREA)
-    return [("grace_hopper.jpg (MTCNN-aligned)", face),
-            ("grace_hopper.jpg, mirrored + brightened copy (same photo, augmented)", copy.astype(np.uint8)),
-            ("Minduka_Present_Blue_Pack.png (not the same person)", other)]
+    return (("grace_hopper.jpg", photo),
+            ("grace_hopper.jpg mirrored, rotated 6°, brightened, with noise (an AUGMENTED COPY of the "
+             "same photo, standing in for a second photo of her)", copy),
+            ("Minduka_Present_Blue_Pack.png (not a face: the only other image shipped, standing in "
+             "for another person)", other))
+
+
+def excerpt(code, n=16) -> str:
+    return " ".join(str(int(s)) for s in code[:n]) + " …"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg_path", default=None,
-                        help=f"default: the shipped model's config ({DEFAULT_MODEL})")
-    parser.add_argument("--model_path", default=None)
-    parser.add_argument("--images", nargs="+", default=None,
-                        help="your own photos (faces are detected and aligned with MTCNN)")
+    parser.add_argument("--images", nargs="+", default=None, help="your photos: the first is enrolled")
+    parser.add_argument("--db", default=None, help="SQLite file (default: a temporary one)")
     args = parser.parse_args(argv)
 
+    import cv2
     import numpy as np
 
-    from arcface.config import load_config
-    from arcface.embed import Embedder
-    from arcface.errors import CheckpointError
-    from arcface.models import build_backbone_from_config, resolve_weights
-    from arcface.pretrained import is_pretrained_name, pretrained_files
+    from iom.service.packing import from_bytes, unpack_codes
+    from iom.service.pipeline import Pipeline
+    from iom.service.service import TemplateService
+    from iom.service.sqlite_store import SQLiteStore
 
-    if args.cfg_path is None and args.model_path is None and is_pretrained_name(DEFAULT_MODEL):
-        args.model_path = DEFAULT_MODEL
-    if args.cfg_path is None:
-        args.cfg_path = pretrained_files(args.model_path)[0] if is_pretrained_name(args.model_path) \
-            else FALLBACK_CFG
-    cfg = load_config(args.cfg_path)
-    backbone = build_backbone_from_config(cfg)
-    try:
-        weights = resolve_weights(cfg, args.model_path)
-        backbone.load_weights(weights)
-        print(f"weights: {weights}")
-    except CheckpointError:
-        if args.model_path:
-            raise
-        print("weights: NONE FOUND - the network is randomly initialised, so the similarities "
-              "below show the pipeline working, not face recognition.\n"
-              f"         train one with: python scripts/train_arcface.py --cfg_path {args.cfg_path}")
+    pipeline = Pipeline.from_pretrained(HASHER)
+    m, q = pipeline.hasher.m, pipeline.hasher.q
+    tmp = tempfile.TemporaryDirectory()
+    store = SQLiteStore(args.db or os.path.join(tmp.name, "templates.db"))
+    service = TemplateService(pipeline, store, app_secret=os.urandom(32))
+    print(f"pipeline: MTCNN → {pipeline.hasher.spec['stage1_model']} → deep IoM {HASHER} (m={m}, q={q}); "
+          f"decision threshold {service.threshold:.4f} (calibrated at FAR {service.calibration['far']:g} on LFW)")
+
+    def code_of(subject):
+        record = store.active(subject)["verify"]
+        return unpack_codes(from_bytes(record.code, m, q)[None], m, q)[0]
+
+    def distance(similarity):
+        return round((1.0 - similarity) * m)
+
     if args.images:
-        from arcface.align import FaceAligner
+        enrolled, *probes = args.images
+        service.enroll("A", [enrolled], user_token="token-A")
+        print(f"\nenrolled {enrolled} as A; stored code {excerpt(code_of('A'))}")
+        for path in probes:
+            d = service.verify("A", path, "token-A")
+            print(f"  {path}: Hamming distance {distance(d.similarity)}/{m}, similarity {d.similarity:.4f}, "
+                  f"{'ACCEPTED' if d.accepted else 'rejected'}")
+        return 0
 
-        aligner = FaceAligner(size=cfg["input_size"])
-        faces = [(p, aligner.align(p)[0].image) for p in args.images]
-    else:
-        faces = demo_faces()
-    embedder = Embedder(backbone, batch_size=len(faces), input_size=cfg["input_size"])
-    emb = embedder.embed_arrays(np.stack([f for _, f in faces]))
-    print(f"\nbackbone {cfg['backbone_type']}, {emb.shape[1]}-d embeddings")
-    for i, (name, _) in enumerate(faces):
-        print(f"  [{i}] {name}: {np.array2string(emb[i, :6], precision=3)} ...")
-    print("\ncosine similarity:")
-    for i in range(len(faces)):
-        for j in range(i + 1, len(faces)):
-            print(f"  [{i}] vs [{j}]: {float(emb[i] @ emb[j]):+.4f}")
+    (name_a, photo_a), (name_copy, copy), (name_other, other) = demo_photos()
+    print(f"\n[1] {name_a}\n[2] {name_copy}\n[3] {name_other}")
+    service.enroll("grace", [photo_a], user_token="grace-token-1")
+    other_emb = pipeline.embedder.embed_arrays(cv2.resize(other, (112, 112))[None])
+    service.enroll("other", embeddings=other_emb, user_token="other-token")   # no face to detect in [3]
+    old_code = code_of("grace")
+    print(f"\nenrolled [1] as 'grace' (token 'grace-token-1') and [3] as 'other'")
+    print(f"stored for grace: salt, key version, model id and the keyed code {excerpt(old_code)} "
+          f"({len(store.active('grace')['verify'].code)} bytes packed); no photo, embedding or token")
+    genuine = service.verify("grace", copy, "grace-token-1")
+    impostor = service.verify("grace", embedding=other_emb, user_token="grace-token-1")
+    wrong = service.verify("grace", copy, "not-her-token")
+    print(f"\ngenuine  [2] vs grace: Hamming distance {distance(genuine.similarity):3d}/{m}  "
+          f"→ {'ACCEPTED' if genuine.accepted else 'rejected'}   (an augmented copy of the same photo)")
+    print(f"impostor [3] vs grace: Hamming distance {distance(impostor.similarity):3d}/{m}  "
+          f"→ {'ACCEPTED' if impostor.accepted else 'rejected'}")
+    print(f"[2] with a wrong token: Hamming distance {distance(wrong.similarity):3d}/{m}  "
+          f"→ {'ACCEPTED' if wrong.accepted else 'rejected'}   (chance is {m - m // q})")
+    top = service.identify(copy, top_k=2)
+    print("identify [2]: " + ", ".join(f"{s} ({v:.3f}{', match' if a else ''})" for s, v, a in top))
+
+    service.reissue("grace", [photo_a], new_token="grace-token-2")
+    new_code = code_of("grace")
+    same = int(np.count_nonzero(old_code == new_code))
+    print(f"\nrevoked grace's template and reissued it from the same photo under 'grace-token-2':")
+    print(f"  old code {excerpt(old_code)}\n  new code {excerpt(new_code)}")
+    print(f"  old vs new template: Hamming distance {m - same}/{m} (unrelated codes differ in about "
+          f"{m - m // q}); the old one is marked revoked and never matches")
+    renewed = service.verify("grace", copy, "grace-token-2")
+    stale = service.verify("grace", copy, "grace-token-1")
+    print(f"  [2] with the new token: distance {distance(renewed.similarity)}/{m} → "
+          f"{'ACCEPTED' if renewed.accepted else 'rejected'}; with the old token: distance "
+          f"{distance(stale.similarity)}/{m} → {'ACCEPTED' if stale.accepted else 'rejected'}")
+    store.close()
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Protected templates in use: packing, search, store, service."""

@@ -1,0 +1,108 @@
+"""Photos → protected-template material: alignment, the stage-1 embedding, the deep IoM code.
+
+Nothing here is stored: embeddings live in memory only for the duration of one call.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from iom.service.errors import InvalidInputError
+
+#: largest encoded photo accepted (bytes); bigger payloads are refused before decoding
+MAX_PHOTO_BYTES = 20 * 1024 * 1024
+
+
+class Pipeline:
+    """Aligner (optional) + stage-1 embedder + deep IoM hasher.
+
+    ``photos`` are paths, encoded bytes or RGB arrays. With an aligner, each photo goes
+    through MTCNN detection and the five-point warp (one face per photo, the most central);
+    without one, photos must already be aligned ``input_size`` crops.
+    """
+
+    def __init__(self, embedder, hasher, aligner=None, model_id: str = ""):
+        self.embedder, self.hasher, self.aligner = embedder, hasher, aligner
+        self.model_id = model_id or hasher.spec.get("model_id", "deep_iom")
+
+    @classmethod
+    def from_pretrained(cls, hasher_name: str = "iom_mbfn_celeba299_512x8", align: bool = True) -> "Pipeline":
+        """The shipped stage-1 model and hasher ``models/<hasher_name>`` (nothing downloaded)."""
+        from arcface.embed import Embedder
+        from arcface.pretrained import MODELS_DIR, load_pretrained
+        from iom.hashing.hasher import DeepIoMHasher
+
+        hasher = DeepIoMHasher.load(os.path.join(MODELS_DIR, hasher_name))
+        cfg, backbone = load_pretrained(hasher.spec["stage1_model"])
+        aligner = None
+        if align:
+            from arcface.align import FaceAligner
+            aligner = FaceAligner(size=cfg["input_size"])
+        return cls(Embedder(backbone, 16, cfg["input_size"]), hasher, aligner, hasher.spec["model_id"])
+
+    @property
+    def dim(self) -> int:
+        return self.hasher.dim
+
+    def _image(self, photo) -> np.ndarray:
+        from arcface.data.images import decode_image
+
+        if isinstance(photo, (bytes, bytearray)):
+            if not photo:
+                raise InvalidInputError("photo is empty (0 bytes)")
+            if len(photo) > MAX_PHOTO_BYTES:
+                raise InvalidInputError(f"photo of {len(photo):,} bytes exceeds the {MAX_PHOTO_BYTES:,}-byte limit")
+        elif isinstance(photo, (str, os.PathLike)):
+            size = os.path.getsize(photo) if os.path.isfile(photo) else None
+            if size is not None and size > MAX_PHOTO_BYTES:
+                raise InvalidInputError(f"{photo}: {size:,} bytes exceeds the {MAX_PHOTO_BYTES:,}-byte limit")
+        if self.aligner is not None:
+            return self.aligner.align(photo)[0].image
+        image = decode_image(photo) if not isinstance(photo, np.ndarray) else np.asarray(photo)
+        size = self.embedder.input_size
+        if image.shape[:2] != (size, size):
+            raise InvalidInputError(f"without an aligner photos must be aligned {size}x{size} crops, "
+                                    f"got {image.shape[1]}x{image.shape[0]}")
+        return image
+
+    def embed_photos(self, photos: Sequence) -> np.ndarray:
+        """L2-normalised embeddings (n, d) of the photos; typed errors for bad photos."""
+        if isinstance(photos, (str, bytes, bytearray, os.PathLike, np.ndarray)):
+            photos = [photos]
+        photos = list(photos)
+        if not photos:
+            raise InvalidInputError("no photos given")
+        images = np.stack([self._image(p) for p in photos])
+        return self.embedder.embed_arrays(images)
+
+    def check_embeddings(self, embeddings) -> np.ndarray:
+        """Validated float32 embeddings (n, d), L2-normalised; typed error otherwise."""
+        try:
+            x = np.asarray(embeddings, np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInputError("embeddings must be numbers") from None
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self.dim:
+            raise InvalidInputError(f"embeddings must have shape (n, {self.dim}), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise InvalidInputError("embeddings contain NaN or inf")
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise InvalidInputError("an embedding is all zeros")
+        return x / norms
+
+    def fused_embedding(self, photos=None, embeddings=None) -> tuple[np.ndarray, int]:
+        """One embedding from several samples: the normalised mean of their embeddings
+        (feature-level fusion), and how many samples went in."""
+        if (photos is None) == (embeddings is None):
+            raise InvalidInputError("give either photos or embeddings")
+        x = self.embed_photos(photos) if photos is not None else self.check_embeddings(embeddings)
+        mean = x.mean(axis=0)
+        norm = np.linalg.norm(mean)
+        if norm < 1e-6:
+            raise InvalidInputError("the samples cancel out (their embeddings sum to zero)")
+        return (mean / norm)[None].astype(np.float32), len(x)

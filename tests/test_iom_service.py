@@ -1,0 +1,184 @@
+"""The template service on the shipped hasher, from embeddings (fast) and from photos."""
+
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+
+from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
+                                UnknownSubjectError)
+
+SECRET = b"application-secret-for-tests"
+
+
+class _NoEmbedder:
+    input_size = 112
+
+    def embed_arrays(self, images):  # photos are not used by these tests
+        raise AssertionError("no photos expected")
+
+
+@pytest.fixture(scope="module")
+def hasher():
+    from arcface.pretrained import MODELS_DIR
+    from iom.hashing.hasher import DeepIoMHasher
+
+    return DeepIoMHasher.load(os.path.join(MODELS_DIR, "iom_mbfn_celeba299_512x8"))
+
+
+@pytest.fixture
+def service(tmp_path, hasher):
+    from iom.service.pipeline import Pipeline
+    from iom.service.service import TemplateService
+    from iom.service.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "t.db")
+    yield TemplateService(Pipeline(_NoEmbedder(), hasher), store, SECRET)
+    store.close()
+
+
+def people(n=6, per=3, seed=0, noise=0.35):
+    """Unit embeddings of n people, ``per`` samples each (same person = close)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n, 512))
+    x = np.repeat(centres, per, axis=0) + noise * rng.normal(size=(n * per, 512)) * np.sqrt(
+        np.mean(centres ** 2))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32).reshape(n, per, 512)
+
+
+def test_enroll_verify_identify_revoke_reissue(service):
+    x = people()
+    for i in range(6):
+        service.enroll(f"s{i}", embeddings=x[i, :2], user_token=f"token-{i}")
+    genuine = service.verify("s0", user_token="token-0", embedding=x[0, 2])
+    impostor = service.verify("s0", user_token="token-0", embedding=x[1, 2])
+    assert genuine.accepted and not impostor.accepted
+    assert genuine.similarity > impostor.similarity + 0.2
+    wrong_token = service.verify("s0", user_token="token-X", embedding=x[0, 2])
+    assert not wrong_token.accepted and abs(wrong_token.similarity - 1 / 8) < 0.06   # chance level
+    top = service.identify(embedding=x[3, 2], top_k=3)
+    assert top[0][0] == "s3" and top[0][2] and len(top) == 3
+    assert sorted(service.list()) == [f"s{i}" for i in range(6)]
+    # revoke: no verification, no identification hit
+    service.revoke("s3")
+    with pytest.raises(RevokedTemplateError):
+        service.verify("s3", user_token="token-3", embedding=x[3, 2])
+    assert "s3" not in [s for s, _, _ in service.identify(embedding=x[3, 2], top_k=6)]
+    # reissue under a new token: the new token verifies, the old one does not
+    service.enroll("s3", embeddings=x[3, :2], user_token="token-3")
+    service.reissue("s3", new_token="token-3b", embeddings=x[3, :2])
+    assert service.verify("s3", user_token="token-3b", embedding=x[3, 2]).accepted
+    assert not service.verify("s3", user_token="token-3", embedding=x[3, 2]).accepted
+    history = service.get("s3")
+    assert [h["revoked_at"] is None for h in history].count(True) == 2      # verify + identify
+    assert all("code" not in h and "salt" not in h for h in history)
+
+
+def test_old_and_reissued_templates_are_unrelated(service, hasher):
+    from iom.service.packing import from_bytes, unpack_codes
+
+    x = people()
+    service.enroll("a", embeddings=x[0], user_token="t1")
+    old = service.store.active("a")["verify"]
+    service.reissue("a", new_token="t2", embeddings=x[0])
+    new = service.store.active("a")["verify"]
+    a = unpack_codes(from_bytes(old.code, 512, 8)[None], 512, 8)[0]
+    b = unpack_codes(from_bytes(new.code, 512, 8)[None], 512, 8)[0]
+    assert abs(np.mean(a == b) - 1 / 8) < 0.06 and old.salt != new.salt
+
+
+@pytest.mark.parametrize("bad, error", [
+    (dict(embeddings=np.full((1, 512), np.nan)), InvalidInputError),
+    (dict(embeddings=np.ones((1, 511))), InvalidInputError),
+    (dict(embeddings=np.zeros((1, 512))), InvalidInputError),
+    (dict(embeddings=np.ones((0, 512))), InvalidInputError),
+    (dict(embeddings=np.ones((1, 512)), user_token=""), InvalidInputError),
+    (dict(embeddings=np.ones((1, 512)), user_token="x" * 2000), InvalidInputError),
+    (dict(), InvalidInputError),
+])
+def test_bad_enrollment_input_changes_nothing(service, bad, error):
+    service.enroll("keep", embeddings=people()[0], user_token="t")
+    before = service.store.dump()
+    kwargs = {"user_token": "t", **bad}
+    with pytest.raises(error):
+        service.enroll("new", **kwargs)
+    assert service.store.dump() == before
+
+
+def test_duplicate_and_unknown_subjects_change_nothing(service):
+    x = people()
+    service.enroll("a", embeddings=x[0], user_token="t")
+    before = service.store.dump()
+    with pytest.raises(DuplicateEnrollmentError):
+        service.enroll("a", embeddings=x[1], user_token="t")
+    for call in (lambda: service.revoke("nobody"),
+                 lambda: service.reissue("nobody", new_token="t", embeddings=x[0]),
+                 lambda: service.verify("nobody", user_token="t", embedding=x[0, 0])):
+        with pytest.raises(UnknownSubjectError):
+            call()
+    assert service.store.dump() == before
+
+
+def test_database_holds_no_token_secret_embedding_or_photo(service, tmp_path):
+    x = people()
+    token = "a-very-recognisable-user-token-4242"
+    service.enroll("alice", embeddings=x[0], user_token=token)
+    service.verify("alice", user_token=token, embedding=x[0, 1])
+    service.store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("t.db"))
+    assert token.encode() not in raw and SECRET not in raw
+    for row in x[0]:                                  # no embedding, as float32 or float64
+        assert row.tobytes()[:64] not in raw and row.astype(np.float64).tobytes()[:64] not in raw
+    fused = x[0].mean(0)
+    assert (fused / np.linalg.norm(fused)).astype(np.float32).tobytes()[:64] not in raw
+    con = sqlite3.connect(tmp_path / "t.db")
+    columns = {r[1] for r in con.execute("PRAGMA table_info(templates)")}
+    con.close()
+    assert not columns & {"token", "secret", "embedding", "photo", "image"}
+
+
+def test_calibration_must_fit_the_hasher(tmp_path, hasher):
+    from iom.service.pipeline import Pipeline
+    from iom.service.service import TemplateService
+    from iom.service.sqlite_store import SQLiteStore
+
+    with SQLiteStore(tmp_path / "c.db") as store:
+        with pytest.raises(InvalidInputError, match="m=64"):
+            TemplateService(Pipeline(_NoEmbedder(), hasher), store, SECRET,
+                            calibration={"threshold": 0.5, "m": 64, "q": 8})
+        with pytest.raises(InvalidInputError, match="threshold"):
+            TemplateService(Pipeline(_NoEmbedder(), hasher), store, SECRET,
+                            calibration={"threshold": None, "m": 512, "q": 8})
+
+
+def test_command_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from arcface.embeddings_io import save_embeddings
+
+    x = people()
+    save_embeddings(tmp_path / "a.npz", ["a0", "a1", "a2"], x[0])
+    save_embeddings(tmp_path / "b.npz", ["b0"], x[1, :1])
+    db = tmp_path / "cli.db"
+
+    def iomface(*args, secret="s3cret"):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", IOMFACE_APP_SECRET=secret)
+        return subprocess.run([sys.executable, "-m", "iom.service.cli", "--db", str(db), "--json", *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    done = iomface("enroll", "alice", "--embeddings", str(tmp_path / "a.npz"), "--token", "t1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["templates"] == [1, 2]
+    genuine = json.loads(iomface("verify", "alice", "--embeddings", str(tmp_path / "a.npz"), "--token", "t1").stdout)
+    impostor = json.loads(iomface("verify", "alice", "--embeddings", str(tmp_path / "b.npz"), "--token", "t1").stdout)
+    assert genuine["accepted"] and not impostor["accepted"]
+    assert json.loads(iomface("list").stdout) == ["alice"]
+    assert [t["purpose"] for t in json.loads(iomface("show", "alice").stdout)] == ["verify", "identify"]
+    done = iomface("verify", "alice", "--embeddings", str(tmp_path / "a.npz"), "--token", "t1", secret="")
+    assert done.returncode == 2 and "IOMFACE_APP_SECRET" in done.stderr
+    assert json.loads(iomface("revoke", "alice").stdout)["revoked"] == 2
+    done = iomface("revoke", "alice")
+    assert done.returncode == 2 and "revoked" in done.stderr
