@@ -182,3 +182,63 @@ def test_command_line(tmp_path):
     assert json.loads(iomface("revoke", "alice").stdout)["revoked"] == 2
     done = iomface("revoke", "alice")
     assert done.returncode == 2 and "revoked" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def photo_service(tmp_path_factory, hasher):
+    """The shipped pipeline with MTCNN alignment, on a fresh SQLite store."""
+    from iom.service.pipeline import Pipeline
+    from iom.service.service import TemplateService
+    from iom.service.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(tmp_path_factory.mktemp("photos") / "p.db")
+    yield TemplateService(Pipeline.from_pretrained("iom_mbfn_celeba299_512x8"), store, SECRET)
+    store.close()
+
+
+def _bad_photos():
+    import cv2
+    import matplotlib.cbook as cbook
+
+    grace = open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), "rb").read()
+    no_face = open(cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False), "rb").read()
+    tiny = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()
+    return {"empty": b"", "oversized": b"\xff\xd8" + b"\0" * (21 * 1024 * 1024),
+            "truncated jpeg": grace[:2000], "text": b"this is not an image\n" * 10,
+            "1x1 png": tiny, "no face": no_face}
+
+
+@pytest.mark.parametrize("name", list(_bad_photos()))
+def test_malformed_photos_get_typed_errors_and_change_nothing(photo_service, name):
+    import matplotlib.cbook as cbook
+
+    from arcface.errors import IomfaceError
+
+    if "grace" not in photo_service.list():
+        photo_service.enroll("grace", [cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)],
+                             user_token="t")
+    before = photo_service.store.dump()
+    photo = _bad_photos()[name]
+    with pytest.raises(IomfaceError):
+        photo_service.enroll(f"new-{name}", [photo], user_token="t")
+    with pytest.raises(IomfaceError):
+        photo_service.verify("grace", photo, "t")
+    assert photo_service.store.dump() == before
+
+
+def test_run_me_end_to_end():
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "run_me.py"], cwd=repo, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "AUGMENTED COPY" in out and "not a face" in out
+    lines = {key: next(line for line in out.splitlines() if line.lstrip().startswith(key))
+             for key in ("genuine", "impostor", "[2] with a wrong token", "[2] with the new token")}
+    assert "ACCEPTED" in lines["genuine"] and "rejected" in lines["impostor"]
+    assert "rejected" in lines["[2] with a wrong token"]
+    assert "ACCEPTED; with the old token" in lines["[2] with the new token"]
+    assert lines["[2] with the new token"].rstrip().endswith("rejected")
