@@ -90,8 +90,13 @@ def build_iresnet(
     input_size: int = 112,
     dropout: float = 0.0,
     name: str | None = None,
+    widths: tuple[int, int, int, int] = STAGE_CHANNELS,
 ) -> keras.Model:
-    """Build IR-ResNet-``depth`` (18, 34, 50 or 100) as a functional model."""
+    """Build IR-ResNet-``depth`` (18, 34, 50 or 100) as a functional model.
+
+    ``widths``: channels of the four stages (arcface_torch's are the default; narrower
+    ones make small test models of the same topology).
+    """
     if depth not in IR_STAGE_BLOCKS:
         raise ConfigError(
             f"IR-ResNet depth must be one of {sorted(IR_STAGE_BLOCKS)}, got {depth!r}"
@@ -103,12 +108,14 @@ def build_iresnet(
     inputs = image_input(input_size)
     x = PixelNormalization(name="pixel_norm")(inputs)
     x = layers.ZeroPadding2D(1, name="stem_pad")(x)
-    x = _conv(STAGE_CHANNELS[0], 3, 1, "stem_conv")(x)
+    if len(widths) != 4 or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ConfigError(f"IR-ResNet widths must be four positive integers, got {widths!r}")
+    x = _conv(widths[0], 3, 1, "stem_conv")(x)
     x = batch_norm("stem_bn")(x)
     x = prelu("stem_prelu")(x)
 
-    in_channels = STAGE_CHANNELS[0]
-    for stage, (filters, n_blocks) in enumerate(zip(STAGE_CHANNELS, blocks), start=1):
+    in_channels = widths[0]
+    for stage, (filters, n_blocks) in enumerate(zip(widths, blocks), start=1):
         for block in range(1, n_blocks + 1):
             stride = 2 if block == 1 else 1
             downsample = stride != 1 or in_channels != filters
@@ -122,8 +129,8 @@ def build_iresnet(
 
 
 def _make_builder(depth: int):
-    def builder(embd_shape=512, input_size=112, dropout=0.0, name=None):
-        return build_iresnet(depth, embd_shape, input_size, dropout, name)
+    def builder(embd_shape=512, input_size=112, dropout=0.0, name=None, widths=STAGE_CHANNELS):
+        return build_iresnet(depth, embd_shape, input_size, dropout, name, tuple(widths))
 
     builder.__name__ = f"ir_{depth}"
     builder.__doc__ = f"IR-ResNet-{depth} (arcface_torch iresnet{depth})."
