@@ -269,6 +269,22 @@ def randomise(net: nn.Module, seed: int, quantise: bool = True) -> nn.Module:
     return net.eval()
 
 
+def calibrate_bn(net: nn.Module, batches: int = 4, batch: int = 16, seed: int = 0) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of its actual input on random
+    images (cumulative average over ``batches``), as training would: activations stay at unit
+    scale through the depth, so the embeddings have a trained model's magnitude."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d))]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            net(torch.rand((batch, 3, 112, 112), generator=g) * 2 - 1)
+    return net.eval()
+
+
 def export(net: nn.Module, path: Path, preserve_bn) -> Path:
     """TorchScript exporter (``preserve_bn`` True/False) or ``"dynamo"`` (torch's default
     exporter since 2.9; needs ``onnxscript``; folds every BN that follows a conv or Linear)."""
@@ -342,7 +358,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.full_r50 is not None:
-        net = randomise(IResNet((3, 4, 14, 3)), seed=50, quantise=False)
+        net = calibrate_bn(randomise(IResNet((3, 4, 14, 3)), seed=50, quantise=False))
         mode = "dynamo" if args.dynamo else not args.fold_bn
         path = export(net, args.full_r50, preserve_bn=mode)
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")

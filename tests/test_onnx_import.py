@@ -9,6 +9,7 @@ images.  Run under both backends: ``KERAS_BACKEND=tensorflow pytest ...`` and
 """
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,16 @@ def test_save_roundtrip(tmp_path):
                                rtol=0, atol=1e-5)
     with pytest.raises(CheckpointError):
         save(model, tmp_path / "m.bin")
+
+
+def test_import_script_refuses_a_mismatched_graph_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    path = _fixture("mbf_s2", tmp_path)
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "scripts/import_onnx.py", "--onnx", str(path), "--backbone_type",
+                           "IR_18", "--out", str(tmp_path / "x.weights.h5")], cwd=repo, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 2 and "does not fit" in done.stderr
+    assert not (tmp_path / "x.weights.h5").exists()
