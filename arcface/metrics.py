@@ -458,6 +458,18 @@ def evaluate_scores(
     )
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An aligned Markdown pipe table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "| " + " | ".join(out) + " |"
+
+    sep = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
 def format_table(reports: Sequence[VerificationReport]) -> str:
     """Markdown pipe table: rows Accuracy/Std/EER/AUC/Threshold/TAR@FAR=1e-3, one column per report.
 
@@ -489,18 +501,7 @@ def format_table(reports: Sequence[VerificationReport]) -> str:
         ["Threshold"] + [f"{r.threshold:.4f}" for r in reports],
         [f"TAR@FAR={key.replace('e-0', 'e-')}"] + [tar_cell(r) for r in reports],
     ]
-    widths = [max(len(row[c]) for row in [header] + rows) for c in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        out = [cells[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(cells[1:], widths[1:])
-        ]
-        return "| " + " | ".join(out) + " |"
-
-    sep = "|" + "|".join(
-        ["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]
-    ) + "|"
-    text = "\n".join([line(header), sep] + [line(r) for r in rows])
+    text = markdown_table(header, rows)
     if limited:
         text += "\n\n* FAR target below 1/#impostor pairs: estimate limited."
     return text

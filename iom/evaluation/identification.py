@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from arcface.errors import DataFormatError
-from arcface.metrics import check_far, to_plain, far_key, far_resolvable
+from arcface.metrics import check_far, far_key, far_resolvable, markdown_table, to_plain
 
 __all__ = [
     "IdentificationReport",
@@ -296,16 +296,7 @@ def format_identification_table(
         + [f"{r.mean_ap:.4f}", dir_cell(r), str(r.n_gallery), str(r.n_mated), str(r.n_nonmated)]
         for name, r in zip(names, reports)
     ]
-    widths = [max(len(row[c]) for row in [header] + rows) for c in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return "| " + " | ".join(out) + " |"
-
-    sep = "|" + "|".join(
-        ["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]
-    ) + "|"
-    text = "\n".join([line(header), sep] + [line(r) for r in rows])
+    text = markdown_table(header, rows)
     if limited:
         text += "\n\n* FAR target below 1/#non-mated probes: estimate limited."
     return text
