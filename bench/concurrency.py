@@ -78,6 +78,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.machine import cpu_model  # noqa: E402
+
 HASHER = "iom_mbfn_celeba299_512x8"
 SECRET = b"bench-concurrency-application-secret"
 PROBE_NOISE = 0.3            # norm of the noise added to a unit embedding (cosine ~0.96)
@@ -121,17 +123,6 @@ def open_backend_store(backend: str, location: str):
         return SQLiteStore(location)
     from iom.service.postgres_store import PostgresStore
     return PostgresStore(location)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def loadavg() -> list[float]:

@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -40,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import cpu_model  # noqa: E402
 from iom.service.packing import pack_codes, packed_nbytes  # noqa: E402
 from iom.service.search import DEFAULT_CHUNK, PackedGallery  # noqa: E402
 
@@ -61,17 +61,6 @@ def time_queries(fn, probes: np.ndarray, warmup: int = 2) -> tuple[list[float], 
         results.append(fn(probe))
         times.append(1e3 * (time.perf_counter() - start))
     return times, results
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
