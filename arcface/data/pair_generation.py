@@ -44,7 +44,7 @@ from arcface.data.pairs import (
     PATH_PAIRS_MAGIC,
     LfwPair,
     PairSet,
-    _atomic_write,
+    atomic_write,
     chunk_folds,
     load_pairs_dir,
     write_lfw_pairs,
@@ -372,7 +372,7 @@ def write_pairs(path: str | os.PathLike, pairs: GeneratedPairs, fmt: str = "auto
         f"{pairs.n_folds}\t{pairs.n_per_fold}\n",
     ]
     lines += [f"{a}\t{b}\t{int(s)}\n" for a, b, s in zip(pairs.left, pairs.right, pairs.issame.tolist())]
-    _atomic_write(path, "".join(lines).encode("utf-8"))
+    atomic_write(path, "".join(lines).encode("utf-8"))
     return "paths"
 
 

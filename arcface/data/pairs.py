@@ -115,7 +115,7 @@ def chunk_folds(n: int, n_folds: int = DEFAULT_N_FOLDS) -> np.ndarray:
     return np.repeat(np.arange(n_folds, dtype=np.int64), sizes)
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path`` and move it into place."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -243,7 +243,7 @@ def write_lfw_pairs(
             lines.append(f"{q.name1}\t{q.idx1}\t{q.idx2}\n")
         else:
             lines.append(f"{q.name1}\t{q.idx1}\t{q.name2}\t{q.idx2}\n")
-    _atomic_write(path, "".join(lines).encode("utf-8"))
+    atomic_write(path, "".join(lines).encode("utf-8"))
 
 
 def is_path_pairs_file(pairs_path: str | os.PathLike) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from arcface.data.pairs import DEFAULT_N_FOLDS, PairSet, _atomic_write, chunk_folds
+from arcface.data.pairs import DEFAULT_N_FOLDS, PairSet, atomic_write, chunk_folds
 from arcface.errors import DataFormatError
 
 __all__ = ["read_verification_bin", "write_verification_bin"]
@@ -174,4 +174,4 @@ def write_verification_bin(
         bins.append(_item_bytes(left[k], 2 * k))
         bins.append(_item_bytes(right[k], 2 * k + 1))
     issame_list = [bool(v) for v in np.asarray(issame).ravel().tolist()]
-    _atomic_write(path, pickle.dumps((bins, issame_list), protocol=4))
+    atomic_write(path, pickle.dumps((bins, issame_list), protocol=4))

@@ -8,6 +8,7 @@ calibration threshold at the target FAR. Everything lands in one JSON-ready dict
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -238,10 +239,6 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
 
 
 def _write_json(path: str, obj) -> None:
-    import json
+    from arcface.data.pairs import atomic_write
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, default=float).encode("utf-8"))

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from arcface.data.pairs import atomic_write
 from arcface.errors import CheckpointError
 from iom.hashing.keying import CodeKeying, code_dtype
 from iom.hashing.layers import build_hashing_network, key_permutation
@@ -95,10 +96,7 @@ class DeepIoMHasher:
         tmp_w = os.path.join(folder, "tmp." + WEIGHTS_FILE)
         self.network.save_weights(tmp_w)
         os.replace(tmp_w, os.path.join(folder, WEIGHTS_FILE))
-        tmp_s = os.path.join(folder, SPEC_FILE + ".tmp")
-        with open(tmp_s, "w") as f:
-            json.dump(self.spec, f, indent=2)
-        os.replace(tmp_s, os.path.join(folder, SPEC_FILE))
+        atomic_write(os.path.join(folder, SPEC_FILE), json.dumps(self.spec, indent=2).encode("utf-8"))
 
     @classmethod
     def load(cls, folder: str) -> "DeepIoMHasher":
