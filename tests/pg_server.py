@@ -116,39 +116,35 @@ _counter = itertools.count()
 
 
 @contextlib.contextmanager
-def fresh_database(admin_dsn: str, prefix: str = "iomtest") -> Iterator[str]:
-    """A new, empty database on the server of ``admin_dsn``; yields its DSN, drops it after."""
+def _temporary(admin_dsn: str, create: str, drop: str, **conninfo) -> Iterator[str]:
+    """Run ``create`` on the server of ``admin_dsn``, yield its DSN changed by ``conninfo``,
+    run ``drop`` after."""
     import psycopg
 
-    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    info = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    info["dbname"] = name
+        conn.execute(create)
+    info = {**psycopg.conninfo.conninfo_to_dict(admin_dsn), **conninfo}
     try:
         yield psycopg.conninfo.make_conninfo(**info)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(drop)
 
 
-@contextlib.contextmanager
-def fresh_schema(admin_dsn: str, prefix: str = "iomtest") -> Iterator[str]:
+def fresh_database(admin_dsn: str, prefix: str = "iomtest"):
+    """A new, empty database on the server of ``admin_dsn``; yields its DSN, drops it after."""
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
+    return _temporary(admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE template0',
+                      f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', dbname=name)
+
+
+def fresh_schema(admin_dsn: str, prefix: str = "iomtest"):
     """A new, empty schema in the database of ``admin_dsn``; yields a DSN whose
     ``search_path`` is that schema (so unqualified tables live there), drops it after.
     Much faster than :func:`fresh_database` (no copy of a template database)."""
-    import psycopg
-
     name = f"{prefix}_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    info["options"] = f"-c search_path={name}"
-    try:
-        yield psycopg.conninfo.make_conninfo(**info)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    return _temporary(admin_dsn, f'CREATE SCHEMA "{name}"', f'DROP SCHEMA IF EXISTS "{name}" CASCADE',
+                      options=f"-c search_path={name}")
 
 
 @contextlib.contextmanager
