@@ -64,18 +64,12 @@ class PostgresStore(TemplateStore):
             self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout)
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to PostgreSQL {self._where}: {e}") from e
-        try:
+
+        def configure():
             self._conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
             self._conn.execute("SET client_encoding = 'UTF8'")
-            self._migrate()
-        except psycopg.Error as e:
-            self._conn.close()
-            self._closed = True
-            raise StoreError(f"PostgreSQL {self._where}: {e}") from e
-        except BaseException:
-            self._conn.close()
-            self._closed = True
-            raise
+
+        self._open(configure, psycopg.Error, f"PostgreSQL {self._where}")
 
     # ------------------------------------------------------------ hooks
     def _begin(self, write: bool, lock_keys: Sequence[str]) -> None:

@@ -51,23 +51,15 @@ class SQLiteStore(TemplateStore):
                 raise StoreError(f"{self.path} is a folder, not a SQLite database file")
             self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None,
                                          check_same_thread=False)
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open SQLite store {self.path}: {e}") from e
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open SQLite store {self.path}: {e}") from e
-        try:
+
+        def configure():
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             self._set_wal(busy_timeout)
             self._conn.execute("PRAGMA synchronous = FULL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            self._conn.close()
-            self._closed = True
-            raise StoreError(f"{self.path} is not a readable SQLite template store: {e}") from e
-        except BaseException:
-            self._conn.close()
-            self._closed = True
-            raise
+
+        self._open(configure, sqlite3.DatabaseError, f"{self.path} is not a readable SQLite template store")
 
     def _set_wal(self, busy_timeout: float) -> None:
         """``PRAGMA journal_mode=WAL``, retried while another process holds the file locked

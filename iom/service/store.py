@@ -56,7 +56,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
                                 StoreError, UnknownSubjectError)
@@ -303,6 +303,24 @@ class TemplateStore(abc.ABC):
 
     def _rollback(self) -> None:
         self._exec("ROLLBACK")
+
+    def _open(self, configure: Callable[[], None], errors: type[BaseException] | tuple,
+               failure: str) -> None:
+        """Configure the fresh connection and migrate the schema; on any failure close the
+        connection first, driver ``errors`` becoming :class:`StoreError` ``"<failure>: …"``."""
+        try:
+            configure()
+            self._migrate()
+        except errors as e:
+            self._abandon()
+            raise StoreError(f"{failure}: {e}") from e
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        self._conn.close()
+        self._closed = True
 
     # ------------------------------------------------------------ transactions
     @contextlib.contextmanager
