@@ -33,14 +33,14 @@ def train_key_of(seed: str) -> TemplateKey | None:
 class DeepIoMHasher:
     """Embeddings → keyed IoM codes with a trained hashing network."""
 
-    def __init__(self, spec: dict, network=None):
+    def __init__(self, spec: dict, network=None, seed: int = 0):
         self.spec = dict(spec)
         self.m, self.q, self.dim = int(spec["m"]), int(spec["q"]), int(spec["dim"])
         self.key_mode = spec.get("key_mode", "code")
         self.train_permutation = key_permutation(train_key_of(spec["train_key"]), self.dim)
         self.network = network or build_hashing_network(
             self.dim, self.m, self.q, self.train_permutation, spec.get("hidden_layer_remark", "0"),
-            spec.get("hidden_units"), spec.get("T", 1.0))
+            spec.get("hidden_units"), spec.get("T", 1.0), seed=seed)
         self._keyings: dict[TemplateKey, CodeKeying] = {}
 
     @classmethod
@@ -50,10 +50,7 @@ class DeepIoMHasher:
                 "hidden_layer_remark": cfg["hidden_layer_remark"], "hidden_units": cfg["hidden_units"],
                 "T": float(cfg["T"]), "key_mode": cfg["key_mode"], "train_key": cfg["train_key"],
                 "stage1_model": cfg["stage1_model"], "model_id": model_id or cfg["sub_name"]}
-        hasher = cls(spec, build_hashing_network(
-            int(dim), cfg["m"], cfg["q"], key_permutation(train_key_of(cfg["train_key"]), int(dim)),
-            cfg["hidden_layer_remark"], cfg["hidden_units"], float(cfg["T"]), seed=cfg["seed"]))
-        return hasher
+        return cls(spec, seed=cfg["seed"])
 
     # ------------------------------------------------------------------ encoding
     def logits(self, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:
