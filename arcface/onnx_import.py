@@ -66,12 +66,13 @@ refused, because our ``PixelNormalization`` is fixed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from arcface.errors import CheckpointError
+from arcface.weight_mapping import (ForeignParam, apply_plan, count_add_layers, plan_weights,
+                                    postorder, save)
 
 __all__ = ["import_onnx", "save", "onnx_input_convention", "read_onnx_params"]
 
@@ -83,21 +84,11 @@ _PASSIVE_OPS = {
     "Unsqueeze", "Squeeze", "Concat", "Constant", "Cast", "Slice", "ConstantOfShape",
 }
 _NORM_OPS = {"Sub", "Mul", "Div"}
+SOURCE = "ONNX"
 
 
-@dataclass
-class OnnxParam:
-    """One weight-carrying ONNX node (or MatMul+Add pair)."""
-
-    kind: str  # conv | bn | prelu | dense
-    name: str
-    arrays: dict = field(default_factory=dict)
-    attrs: dict = field(default_factory=dict)
-
-    def describe(self) -> str:
-        shapes = {k: tuple(v.shape) for k, v in self.arrays.items()}
-        extra = {k: v for k, v in self.attrs.items() if k in ("strides", "pads", "group", "epsilon")}
-        return f"ONNX {self.kind} node {self.name!r} {shapes}{' ' + str(extra) if extra else ''}"
+def _param(kind: str, name: str, arrays: dict, attrs: dict | None = None) -> ForeignParam:
+    return ForeignParam(kind, name, arrays, attrs or {}, source=SOURCE)
 
 
 def _onnx():
@@ -118,35 +109,6 @@ def _attrs(node) -> dict:
     return out
 
 
-def _postorder(items, roots, parents):
-    """Iterative depth-first post-order from ``roots``, parents visited in listed order.
-
-    Used on both graphs (ONNX nodes, Keras layers): for two graphs of the same
-    topology whose multi-input ops (``Add``) list their operands in the same
-    order (arcface_torch ``out + identity``, ours ``Add([y, shortcut])``), it
-    gives the same sequence -- unlike creation order or Keras' depth order.
-    The result is a topological order.
-    """
-    order, done, on_stack = [], set(), set()
-    for root in roots:
-        stack = [(root, iter(parents(root)))]
-        on_stack.add(root)
-        while stack:
-            item, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                stack.pop()
-                on_stack.discard(item)
-                done.add(item)
-                order.append(item)
-            elif nxt not in done:
-                if nxt in on_stack:
-                    raise CheckpointError("graph has a cycle; cannot order its nodes")
-                on_stack.add(nxt)
-                stack.append((nxt, iter(parents(nxt))))
-    return [items[k] for k in order]
-
-
 def _toposort(nodes, graph_outputs):
     """ONNX nodes in depth-first post-order from the graph outputs (a topological order)."""
     producers = {}
@@ -158,7 +120,7 @@ def _toposort(nodes, graph_outputs):
         return [producers[t] for t in nodes[i].input if t in producers]
 
     roots = [producers[o] for o in graph_outputs if o in producers]
-    return _postorder(nodes, roots, parents)
+    return postorder(nodes, roots, parents)
 
 
 def _load_graph(onnx_path):
@@ -203,7 +165,7 @@ def _input_dims(inp):
 def _parse(onnx_path):
     """Return (params, input_convention, input_dims) of an ONNX file."""
     path, graph, inp, nodes, consts = _load_graph(onnx_path)
-    params: list[OnnxParam] = []
+    params: list[ForeignParam] = []
     norm = []  # (op, constant) applied to the raw input, in order
     data_path = {inp.name}  # tensors still on the input-normalisation chain
     residual_adds = []
@@ -218,7 +180,7 @@ def _parse(onnx_path):
             w = consts.get(n.input[1])
             if w is None:
                 raise CheckpointError(f"ONNX Conv {name!r}: weight is not a constant")
-            arrays = {"weight": w}
+            arrays = {"kernel": np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0))}
             if len(n.input) > 2 and n.input[2]:
                 arrays["bias"] = consts[n.input[2]]
             if "auto_pad" in a and a["auto_pad"] not in (b"NOTSET", "NOTSET"):
@@ -228,7 +190,9 @@ def _parse(onnx_path):
             a.setdefault("group", 1)
             if list(a.get("dilations", [1, 1])) != [1, 1]:
                 raise CheckpointError(f"ONNX Conv {name!r}: dilation unsupported")
-            params.append(OnnxParam("conv", name, arrays, a))
+            attrs = {"groups": int(a["group"]), "strides": [int(v) for v in a["strides"]],
+                     "pads": [int(v) for v in a["pads"]], "file_shape": tuple(w.shape)}  # ONNX pads: [top, left, bottom, right]
+            params.append(_param("conv", name, arrays, attrs))
         elif op == "BatchNormalization":
             a = _attrs(n)
             a.setdefault("epsilon", 1e-5)
@@ -238,12 +202,18 @@ def _parse(onnx_path):
             except KeyError as exc:
                 raise CheckpointError(f"ONNX BatchNormalization {name!r}: non-constant "
                                       f"parameter {exc}") from None
-            params.append(OnnxParam("bn", name, arrays, a))
+            params.append(_param("bn", name, arrays, {"epsilon": float(a["epsilon"])}))
         elif op == "PRelu":
             slope = consts.get(n.input[1])
             if slope is None:
                 raise CheckpointError(f"ONNX PRelu {name!r}: slope is not a constant")
-            params.append(OnnxParam("prelu", name, {"slope": slope}))
+            # NCHW broadcasting: (C, 1, 1) (TorchScript exporter) or (1, C, 1, 1) (dynamo);
+            # a single shared slope (nn.PReLU() without num_parameters) stays a scalar
+            if slope.size != 1 and (slope.ndim < 3 or slope.shape[-3] != slope.size):
+                raise CheckpointError(f"ONNX PRelu {name!r}: slope of shape {slope.shape} is "
+                                      f"not one value per channel")
+            params.append(_param("prelu", name, {"slope": np.asarray(slope).reshape(-1)
+                                                 if slope.size != 1 else np.asarray(slope).reshape(())}))
         elif op == "Gemm":
             a = _attrs(n)
             if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
@@ -251,16 +221,16 @@ def _parse(onnx_path):
             w = consts.get(n.input[1])
             if w is None:
                 raise CheckpointError(f"ONNX Gemm {name!r}: weight is not a constant")
-            w = w if a.get("transB", 0) else w.T  # -> (out, in)
-            arrays = {"weight": w}
+            w = w.T if a.get("transB", 0) else w  # -> (in, out)
+            arrays = {"kernel": w}
             if len(n.input) > 2 and n.input[2]:
                 arrays["bias"] = consts[n.input[2]].reshape(-1)
-            params.append(OnnxParam("dense", name, arrays))
+            params.append(_param("dense", name, arrays, {"flatten_order": "CHW"}))
         elif op == "MatMul":
             w = consts.get(n.input[1])
             if w is None or w.ndim != 2:
                 raise CheckpointError(f"ONNX MatMul {name!r}: weight is not a 2-D constant")
-            p = OnnxParam("dense", name, {"weight": w.T})
+            p = _param("dense", name, {"kernel": w}, {"flatten_order": "CHW"})
             params.append(p)
             matmul_out[n.output[0]] = p
         elif op == "Add" and any(i in matmul_out for i in n.input) and any(
@@ -332,242 +302,6 @@ def onnx_input_convention(onnx_path) -> dict:
     return conv
 
 
-# --------------------------------------------------------------------------- Keras side
-
-
-def _keras_order(model):
-    """Our layers in the same depth-first post-order as the ONNX nodes."""
-    layers_by_id = {}
-
-    def parents(key):
-        layer = layers_by_id[key]
-        out = []
-        for node in layer._inbound_nodes[:1]:
-            for t in node.arguments.keras_tensors:
-                op = t._keras_history.operation
-                layers_by_id.setdefault(id(op), op)
-                out.append(id(op))
-        return out
-
-    roots = []
-    for t in model.outputs:
-        op = t._keras_history.operation
-        layers_by_id[id(op)] = op
-        roots.append(id(op))
-    # _postorder indexes ``items`` by key
-    return _postorder(layers_by_id, roots, parents)
-
-
-def _keras_kind(layer):
-    from keras import layers
-
-    from arcface.backbones.common import GroupedConv2D
-
-    if isinstance(layer, layers.DepthwiseConv2D):
-        return "dwconv"
-    if isinstance(layer, GroupedConv2D):
-        return "gconv"
-    if isinstance(layer, layers.Conv2D):
-        return "conv"
-    if isinstance(layer, layers.BatchNormalization):
-        return "bn"
-    if isinstance(layer, layers.PReLU):
-        return "prelu"
-    if isinstance(layer, layers.Dense):
-        return "dense"
-    return None
-
-
-def _producer(layer):
-    t = layer.input
-    if isinstance(t, (list, tuple)):
-        return None
-    return t._keras_history.operation
-
-
-def _keras_padding(layer):
-    from keras import layers
-
-    prev = _producer(layer)
-    if isinstance(prev, layers.ZeroPadding2D):
-        (t, b), (l, r) = prev.padding
-        return [int(t), int(l), int(b), int(r)]
-    return [0, 0, 0, 0]
-
-
-def _flatten_hwc(dense):
-    """(H, W, C) flattened before ``dense`` (walking back over Dropout), or None."""
-    from keras import layers
-
-    prev = _producer(dense)
-    while isinstance(prev, layers.Dropout):
-        prev = _producer(prev)
-    if isinstance(prev, layers.Flatten):
-        shape = tuple(int(d) for d in prev.input.shape[1:])
-        if len(shape) == 3:
-            return shape
-    return None
-
-
-def _keras_desc(layer):
-    shapes = [tuple(int(d) for d in w.shape) for w in layer.weights]
-    return f"our {_keras_kind(layer)} layer {layer.name!r} weights {shapes}"
-
-
-def _mismatch(p: OnnxParam | None, layer, why: str):
-    onnx_part = p.describe() if p is not None else "nothing left in the ONNX file"
-    ours = _keras_desc(layer) if layer is not None else "no layer left in our model"
-    return CheckpointError(f"ONNX graph does not fit the backbone ({why}): {onnx_part} vs {ours}")
-
-
-def _conv_kernel(p: OnnxParam, layer, kind):
-    """Check an ONNX conv against our conv layer; return the channels-last kernel."""
-    w = p.arrays["weight"]
-    o, ipg, kh, kw = w.shape
-    g = int(p.attrs["group"])
-    ours = tuple(int(d) for d in layer.weights[0].shape)
-    if kind == "dwconv":
-        if not (g == o and ipg == 1):
-            raise _mismatch(p, layer, "our layer is depthwise, the ONNX conv is not")
-        k = w.transpose(2, 3, 0, 1)  # (kh, kw, C, 1)
-    else:
-        if kind == "conv" and g != 1:
-            raise _mismatch(p, layer, f"ONNX conv has group={g}, ours is a plain conv")
-        if kind == "gconv" and g != layer.groups:
-            raise _mismatch(p, layer, f"groups {g} vs our {layer.groups}")
-        k = w.transpose(2, 3, 1, 0)  # (kh, kw, I/g, O)
-    if tuple(k.shape) != ours:
-        raise _mismatch(p, layer, f"kernel shape {tuple(k.shape)} (from {tuple(w.shape)}) vs "
-                                  f"ours {ours}")
-    strides = [int(s) for s in p.attrs["strides"]]
-    our_strides = list(layer.strides) if kind != "gconv" else [layer.strides] * 2
-    if strides != [int(s) for s in our_strides]:
-        raise _mismatch(p, layer, f"strides {strides} vs ours {list(our_strides)}")
-    pads = [int(v) for v in p.attrs["pads"]]
-    pads = [pads[0], pads[1], pads[2], pads[3]]  # ONNX: [top, left, bottom, right]
-    if pads != _keras_padding(layer):
-        raise _mismatch(p, layer, f"pads {pads} vs our zero padding {_keras_padding(layer)}")
-    return k.astype(np.float32)
-
-
-def _plan(params, model):
-    """Match ONNX params to our layers; return ([(layer, weights[, bn_eps])], unfolded) or raise."""
-    ours = [layer for layer in _keras_order(model) if _keras_kind(layer) is not None]
-    plan = []
-    unfolded = []
-    i = 0
-    j = 0
-    while j < len(ours):
-        layer = ours[j]
-        kind = _keras_kind(layer)
-        p = params[i] if i < len(params) else None
-        if p is None and kind != "bn":
-            raise _mismatch(None, layer, "the ONNX file has fewer weight-carrying layers")
-        if kind in ("conv", "dwconv", "gconv"):
-            if p.kind != "conv":
-                raise _mismatch(p, layer, f"kind {p.kind} vs conv")
-            k = _conv_kernel(p, layer, kind)
-            plan.append((layer, [k]))
-            if "bias" in p.arrays:
-                # exporter folded the following BN into this conv: unfold it
-                nxt = ours[j + 1] if j + 1 < len(ours) else None
-                if nxt is None or _keras_kind(nxt) != "bn" or _producer(nxt) is not layer:
-                    raise _mismatch(p, layer, "ONNX conv has a bias, our conv has none and is "
-                                              "not followed by a BatchNormalization")
-                b = p.arrays["bias"].astype(np.float32).reshape(-1)
-                if b.shape != (p.arrays["weight"].shape[0],):
-                    raise _mismatch(p, nxt, f"bias shape {b.shape}")
-                eps = float(nxt.epsilon)
-                c = b.shape[0]
-                plan.append((nxt, [np.ones(c, np.float32), b, np.zeros(c, np.float32),
-                                   np.full(c, 1.0 - eps, np.float32)]))
-                unfolded.append((p.name, nxt.name))
-                j += 1
-            i += 1
-            j += 1
-            continue
-        if kind == "bn" and (p is None or p.kind != "bn") and plan and \
-                plan[-1][0] is _producer(layer) and _keras_kind(plan[-1][0]) == "dense":
-            # the exporter folded this BN into the preceding Gemm (weights and bias):
-            # identity BN, the Gemm's weights and bias went to our Dense
-            c = int(layer.weights[0].shape[0])
-            eps = float(layer.epsilon)
-            plan.append((layer, [np.ones(c, np.float32), np.zeros(c, np.float32),
-                                 np.zeros(c, np.float32), np.full(c, 1.0 - eps, np.float32)]))
-            unfolded.append((plan[-2][0].name, layer.name))
-            j += 1
-            continue
-        if p is None:
-            raise _mismatch(None, layer, "the ONNX file has fewer weight-carrying layers")
-        if kind == "bn":
-            if p.kind != "bn":
-                raise _mismatch(p, layer, f"kind {p.kind} vs bn")
-            ws = [p.arrays[k].astype(np.float32).reshape(-1) for k in ("scale", "bias", "mean", "var")]
-            shapes = [tuple(int(d) for d in w.shape) for w in layer.weights]
-            if any(s != ws[0].shape for s in shapes) or len(shapes) != 4:
-                raise _mismatch(p, layer, f"channels {ws[0].shape} vs ours {shapes}")
-            eps = float(p.attrs["epsilon"])
-            plan.append((layer, ws, eps))
-        elif kind == "prelu":
-            if p.kind != "prelu":
-                raise _mismatch(p, layer, f"kind {p.kind} vs prelu")
-            s = p.arrays["slope"].astype(np.float32)
-            ours_shape = tuple(int(d) for d in layer.weights[0].shape)
-            c = int(np.prod(ours_shape))
-            # NCHW broadcasting: (C, 1, 1) (TorchScript exporter) or (1, C, 1, 1) (dynamo);
-            # a single shared slope (nn.PReLU() without num_parameters) is broadcast
-            if s.size == 1:
-                s = np.full(ours_shape, float(s.reshape(())), np.float32)
-            elif s.size != c or s.ndim < 3 or s.shape[-3] != c:
-                raise _mismatch(p, layer, f"slope {s.shape} vs ours {ours_shape}")
-            plan.append((layer, [s.reshape(ours_shape)]))
-        elif kind == "dense":
-            if p.kind != "dense":
-                raise _mismatch(p, layer, f"kind {p.kind} vs dense")
-            w = p.arrays["weight"].astype(np.float32)  # (out, in)
-            e, n = w.shape
-            ours_shape = [tuple(int(d) for d in v.shape) for v in layer.weights]
-            if ours_shape[0] != (n, e):
-                raise _mismatch(p, layer, f"weight (out, in)={w.shape} -> {(n, e)} vs ours "
-                                          f"{ours_shape[0]}")
-            hwc = _flatten_hwc(layer)
-            if hwc is not None:
-                h, wd, c = hwc
-                if h * wd * c != n:
-                    raise _mismatch(p, layer, f"in-features {n} vs our flatten {hwc}")
-                k = w.reshape(e, c, h, wd).transpose(2, 3, 1, 0).reshape(n, e)
-            else:
-                k = w.T
-            ws = [np.ascontiguousarray(k)]
-            has_bias = "bias" in p.arrays
-            ours_bias = len(ours_shape) == 2
-            nxt = ours[j + 1] if j + 1 < len(ours) else None
-            if has_bias and not ours_bias and nxt is not None and _keras_kind(nxt) == "bn" \
-                    and _producer(nxt) is layer and (i + 1 >= len(params)
-                                                     or params[i + 1].kind != "bn"):
-                # Gemm with the following BatchNorm1d folded in: bias -> that BN's beta
-                b = p.arrays["bias"].astype(np.float32).reshape(e)
-                eps = float(nxt.epsilon)
-                plan.append((layer, ws))
-                plan.append((nxt, [np.ones(e, np.float32), b, np.zeros(e, np.float32),
-                                   np.full(e, 1.0 - eps, np.float32)]))
-                unfolded.append((p.name, nxt.name))
-                i += 1
-                j += 2
-                continue
-            if has_bias != ours_bias:
-                raise _mismatch(p, layer, f"bias {'present' if has_bias else 'absent'} in ONNX, "
-                                          f"{'present' if ours_bias else 'absent'} in ours")
-            if has_bias:
-                ws.append(p.arrays["bias"].astype(np.float32).reshape(e))
-            plan.append((layer, ws))
-        i += 1
-        j += 1
-    if i != len(params):
-        raise _mismatch(params[i], None, "the ONNX file has more weight-carrying layers")
-    return plan, unfolded
-
-
 def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size: int = 112,
                 model=None, **backbone_kwargs):
     """Build ``backbone_type`` and load the weights of an arcface_torch ONNX file into it.
@@ -591,30 +325,18 @@ def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size
 
         model = build_backbone(backbone_type, embd_shape=embd_shape, input_size=input_size,
                                **backbone_kwargs)
-    plan, unfolded = _plan(params, model)
-    from keras import layers as klayers
-
-    n_add = sum(isinstance(layer, klayers.Add) for layer in model.layers)
+    plan, unfolded = plan_weights(params, model, SOURCE)
+    n_add = count_add_layers(model)
     if n_add != convention["residual_adds"]:
         raise CheckpointError(
             f"{onnx_path}: {convention['residual_adds']} residual Add nodes in the ONNX graph, "
             f"{n_add} Add layers in our {model.name}: shortcuts differ")
     convention = {k: v for k, v in convention.items() if k != "residual_adds"}
     # all checks passed: copy
-    eps_changed = []
-    for entry in plan:
-        layer, ws = entry[0], entry[1]
-        if len(entry) == 3:
-            eps = entry[2]
-            if not np.isclose(eps, float(layer.epsilon), rtol=1e-6, atol=0):
-                eps_changed.append((layer.name, float(layer.epsilon), eps))
-                layer.epsilon = eps
-        layer.set_weights(ws)
+    eps_changed = apply_plan(plan)
     for onnx_name, bn_name in unfolded:
         log.info("ONNX conv %r has the following BN folded in; %r set to identity + bias",
                  onnx_name, bn_name)
-    for name, old, new in eps_changed:
-        log.info("BN %r epsilon %g -> %g (from the ONNX file)", name, old, new)
     model.onnx_import_report = {
         "source": str(onnx_path),
         "n_params": len(params),
@@ -623,16 +345,3 @@ def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size
         "file_input_convention": convention,
     }
     return model
-
-
-def save(model, path) -> Path:
-    """Save an imported model: ``.keras`` (whole model) or ``.weights.h5`` (weights only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".weights.h5"):
-        model.save_weights(str(path))
-    elif path.suffix == ".keras":
-        model.save(str(path))
-    else:
-        raise CheckpointError(f"save path must end in .keras or .weights.h5, got {path}")
-    return path

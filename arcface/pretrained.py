@@ -1,11 +1,13 @@
 """Models the project ships under ``models/<name>/``: ``config.yaml`` + ``backbone.weights.h5``.
 
-Loadable by name from the API (:func:`load_pretrained`) and from every script that takes
-``--model_path`` (a name there resolves to the shipped weights). Nothing is downloaded.
+This module knows the folder format only (names, files, provenance helpers) and imports
+no model code; :func:`arcface.models.load_pretrained` builds and loads one. Every script
+that takes ``--model_path`` accepts a shipped model's name. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from arcface.errors import CheckpointError
@@ -13,6 +15,8 @@ from arcface.errors import CheckpointError
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "backbone.weights.h5"
+#: the stage-1 model run_me.py, the template service, the CLI and the stage-2 configs use
+DEFAULT_MODEL = "mobilefacenet_ms1m"
 
 
 def list_pretrained() -> list[str]:
@@ -36,23 +40,61 @@ def pretrained_files(name: str) -> tuple[str, str]:
     return os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
 
 
-def load_pretrained(name: str):
-    """``(config, backbone)`` of shipped model ``name``, weights loaded."""
-    from arcface.config import load_config
-    from arcface.models import load_backbone
-
-    cfg_path, weights = pretrained_files(name)
-    cfg = load_config(cfg_path)
-    return cfg, load_backbone(cfg, weights)
+def weights_beside_config(cfg_path: str | None) -> str | None:
+    """The ``backbone.weights.h5`` in the same folder as a model folder's ``config.yaml``
+    (so ``--cfg_path models/NAME/config.yaml`` alone finds its weights), else None."""
+    if not cfg_path or os.path.basename(cfg_path) != CONFIG_FILE:
+        return None
+    weights = os.path.join(os.path.dirname(os.path.abspath(cfg_path)), WEIGHTS_FILE)
+    return weights if os.path.isfile(weights) else None
 
 
 def resolve_config_path(cfg_path: str | None, model_path: str | None) -> str:
-    """The config to use: ``cfg_path`` if given, else the shipped model's own config."""
+    """The config to use: ``cfg_path`` if given, else the named shipped model's own config,
+    else (neither given) the default model's (:data:`DEFAULT_MODEL`)."""
     from arcface.errors import ConfigError
 
     if cfg_path:
         return cfg_path
     if model_path and is_pretrained_name(model_path):
         return pretrained_files(model_path)[0]
+    if not model_path and is_pretrained_name(DEFAULT_MODEL):
+        return pretrained_files(DEFAULT_MODEL)[0]
     raise ConfigError("pass --cfg_path, or --model_path naming a shipped model "
                       f"({', '.join(list_pretrained()) or 'none shipped yet'})")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (provenance of imported weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_model_folder(model, folder: str | os.PathLike, config_yaml: str,
+                       extra_files: dict[str, bytes] | None = None, overwrite: bool = False) -> str:
+    """Write ``model``'s weights, ``config.yaml`` and ``extra_files`` into a model folder.
+
+    Refuses (CheckpointError, nothing written) to replace an existing folder's weights
+    unless ``overwrite``; each file is written to a temporary name and moved into place.
+    """
+    from arcface.data.pairs import atomic_write
+
+    folder = os.fspath(folder)
+    weights = os.path.join(folder, WEIGHTS_FILE)
+    if os.path.exists(weights) and not overwrite:
+        raise CheckpointError(f"{weights} exists; pass overwrite (--force) to replace it")
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{WEIGHTS_FILE}")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, weights)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    atomic_write(os.path.join(folder, CONFIG_FILE), config_yaml.encode())
+    for name, data in (extra_files or {}).items():
+        atomic_write(os.path.join(folder, name), data)
+    return folder

@@ -43,7 +43,7 @@ def head_steps_per_second(m: int, q: int, dim: int, P: int, K: int, steps: int) 
 def backbone_batches_per_second(name: str, batch: int, repeats: int) -> float:
     import numpy as np
 
-    from arcface.pretrained import load_pretrained
+    from arcface.models import load_pretrained
 
     cfg, backbone = load_pretrained(name)
     images = np.random.default_rng(0).integers(0, 256, (batch, cfg["input_size"], cfg["input_size"], 3))

@@ -19,7 +19,9 @@ from arcface.cli import fail_cleanly  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg_path", default=None, help="YAML config (default: the shipped model's)")
+    parser.add_argument("--cfg_path", default=None,
+                        help="YAML config (default: the config of the shipped model --model_path names, "
+                             "else of the default model, mobilefacenet_ms1m)")
     parser.add_argument("--model_path", default=None,
                         help="a shipped model's name (models/), backbone .weights.h5, checkpoint or run folder")
     parser.add_argument("--read_path", required=True, help="an image file or a folder of images")

@@ -26,7 +26,8 @@ from arcface.backbones.common import (
 )
 from arcface.errors import ConfigError
 
-ALL_BACKBONES = ["IR_18", "IR_34", "IR_50", "IR_100", "MobileFaceNet", "MobileNetV2", "ResNet50"]
+ALL_BACKBONES = ["IR_18", "IR_34", "IR_50", "IR_100", "MobileFaceNet", "MobileFaceNet_TF", "MobileNetV2",
+                 "ResNet50"]
 KERAS_APPS = ("MobileNetV2", "ResNet50")
 
 # Models reused by several tests (the 512-d ones: shapes, parameter counts,
@@ -65,6 +66,7 @@ def test_all_expected_backbones_registered():
         "iresnet50": "IR_50", "r50": "IR_50",
         "iresnet100": "IR_100", "r100": "IR_100", "Insight_ResNet100": "IR_100",
         "mbf": "MobileFaceNet", "mobilefacenet": "MobileFaceNet",
+        "mbf_tf": "MobileFaceNet_TF", "mobilefacenet_tf": "MobileFaceNet_TF",
     }
     for alias, canonical in aliases.items():
         assert alias in list_backbones(include_aliases=True)
@@ -140,6 +142,16 @@ def test_registry_round_trip():
 
 
 # --------------------------------------------------------------------------- pixels
+
+
+def test_pixel_normalization_with_another_convention():
+    layer = PixelNormalization(mean=127.5, std=128.0)
+    out = keras.ops.convert_to_numpy(layer(np.array([[0.0, 127.5, 255.0]], dtype="float32")))
+    np.testing.assert_allclose(out, [[-127.5 / 128, 0.0, 127.5 / 128]], atol=1e-7)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert (clone.mean, clone.std) == (127.5, 128.0)
+    with pytest.raises(ValueError, match="std"):
+        PixelNormalization(std=0)
 
 
 def test_pixel_normalization_maps_0_255_to_minus1_1():
@@ -293,6 +305,45 @@ def test_mobilefacenet_reference_parameter_count():
     # other widths / depths follow the same formula
     small = _model("MobileFaceNet", 64, scale=1, blocks=(2, 2, 3, 1))
     assert count_reference_parameters(small) == _mbf_hand_count(1, (2, 2, 3, 1), 64)
+
+
+def _mbf_tf_hand_count(embd=192, stem=64, bottlenecks=((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1),
+                                                       (4, 128, 1, 2), (2, 128, 2, 1)), conv=512, size=112):
+    """The paper's MobileFaceNet, counted by hand: conv k*k*in*out (depthwise k*k*c), BN 2c
+    (gamma, beta), PReLU c."""
+    def unit(cin, cout, k, act=True, dw=False):
+        return (k * k * cin if dw else k * k * cin * cout) + 2 * cout + (cout if act else 0)
+
+    n = unit(3, stem, 3) + unit(stem, stem, 3, dw=True) + unit(stem, stem, 1, act=False)
+    cin, side = stem, size // 2
+    for t, c, reps, s in bottlenecks:
+        for j in range(reps):
+            n += unit(cin, t * cin, 1) + unit(t * cin, t * cin, 3, dw=True) + unit(t * cin, c, 1, act=False)
+            cin = c
+        side = -(-side // s)
+    n += unit(cin, conv, 1)
+    n += unit(conv, conv, side, act=False, dw=True)   # global depthwise conv over the final map
+    n += unit(conv, conv, 1, act=False) + unit(conv, embd, 1, act=False)
+    return n
+
+
+def test_mobilefacenet_tf_parameter_count_and_padding():
+    model = _model("MobileFaceNet_TF", 192)
+    assert count_reference_parameters(model) == _mbf_tf_hand_count() == 1_303_424
+    narrow = dict(stem_channels=8, conv_channels=32,
+                  bottlenecks=((2, 8, 2, 2), (2, 16, 1, 2), (2, 16, 2, 1), (2, 16, 1, 2), (2, 16, 2, 1)))
+    small = _model("MobileFaceNet_TF", 16, **{k: (tuple(v) if isinstance(v, tuple) else v)
+                                                for k, v in narrow.items()})
+    assert count_reference_parameters(small) == _mbf_tf_hand_count(16, 8, narrow["bottlenecks"], 32)
+    # TensorFlow "same" padding: stride 2 on 112 pixels -> 56, the GDC kernel covers 7x7
+    assert tuple(model.get_layer("stem_conv").output.shape[1:3]) == (56, 56)
+    assert model.get_layer("gdc_conv").kernel_size == (7, 7)
+    assert type(model.get_layer("pixel_norm")).__name__ == "PixelNormalization"
+    assert (model.get_layer("pixel_norm").mean, model.get_layer("pixel_norm").std) == (127.5, 128.0)
+    with pytest.raises(ConfigError, match="bottlenecks"):
+        build_backbone("MobileFaceNet_TF", bottlenecks=((2, 64, 5),))
+    with pytest.raises(ConfigError, match="no shortcut"):
+        build_backbone("MobileFaceNet_TF", bottlenecks=((2, 64, 1, 1),), stem_channels=32)
 
 
 # --------------------------------------------------------------------------- structure

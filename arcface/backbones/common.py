@@ -46,23 +46,33 @@ BN_MOMENTUM = 0.9  # Keras momentum = 1 - PyTorch momentum (0.1)
 
 @keras.saving.register_keras_serializable(package="iomface")
 class PixelNormalization(layers.Layer):
-    """Map RGB pixels in [0, 255] to [-1, 1] as ``(x - 127.5) / 127.5``.
+    """Map RGB pixels in [0, 255] to about [-1, 1] as ``(x - mean) / std``.
 
-    This is InsightFace's input convention.  Any input dtype (``uint8``,
-    ``float32``, ...) is cast to the layer's compute dtype first, so callers
-    may pass raw ``uint8`` images or float images in 0..255 alike.
+    The default ``(x - 127.5) / 127.5`` is InsightFace's input convention; models
+    of other lineages keep their own (the TF-slim MobileFaceNet uses ``std=128``).
+    Any input dtype (``uint8``, ``float32``, ...) is cast to the layer's compute
+    dtype first, so callers may pass raw ``uint8`` images or float images in
+    0..255 alike.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, mean: float = 127.5, std: float = 127.5, **kwargs):
         super().__init__(**kwargs)
+        if not std > 0:
+            raise ValueError(f"PixelNormalization std must be > 0, got {std!r}")
+        self.mean, self.std = float(mean), float(std)
         self.supports_masking = True
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
-        return (x - 127.5) / 127.5
+        return (x - self.mean) / self.std
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mean=self.mean, std=self.std)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="iomface")
