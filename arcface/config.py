@@ -50,6 +50,10 @@ def _str_or_list(value) -> str | None:
     return None
 
 
+def _non_empty(value) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
 def _three_floats(value) -> str | None:
     if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
         return "must be a list of three numbers [m1, m2, m3]"
@@ -84,6 +88,13 @@ STAGE1_FIELDS: dict[str, Field] = {
     "logist_scale": Field((int, float), 64.0, "logit scale s", check=positive),
     "is_ccrop": Field((bool,), False, "central crop (resize to 128/112 of the size, crop the centre)"),
     "dropout": Field((int, float), 0.0, "dropout before the embedding layer", check=unit_interval),
+    "pretrained": Field((str, type(None)), None,
+                        "initialise the backbone from: a shipped model's name (models/), a backbone "
+                        ".weights.h5, a checkpoint folder or a run folder (fine-tuning; the head "
+                        "starts fresh; ignored when resuming)", check=_non_empty),
+    "freeze_bn": Field((bool,), False,
+                       "BatchNormalization layers of the backbone not trained: inference mode, "
+                       "moving statistics, gamma and beta kept (fine-tuning imported models)"),
     # train
     "train_dataset": Field((str, type(None)), None, "image folder, RecordIO dir or .rec file"),
     "binary_img": Field((bool,), False, "parent's TFRecord flag; images are always decoded on the fly"),

@@ -2,7 +2,8 @@
 
 ``train(cfg)`` builds backbone + cosine head, the margin loss, the optimizer and its
 learning-rate schedule, resumes from the latest checkpoint of ``checkpoints/<sub_name>``
-(same step, same optimizer state, same data order), and runs ``model.fit`` in chunks of
+(same step, same optimizer state, same data order) or, on a fresh run, initialises the
+backbone from ``pretrained`` (fine-tuning), and runs ``model.fit`` in chunks of
 ``save_steps`` steps, checkpointing after each chunk.
 """
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 
-from arcface.errors import ConfigError
+from arcface.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -119,6 +121,102 @@ def build_models(cfg, num_classes: int):
     return model, backbone
 
 
+def freeze_batch_norm(model) -> int:
+    """Set every BatchNormalization layer inside ``model`` (nested ones too) to
+    ``trainable = False``: Keras 3 then runs it in inference mode, so its moving statistics,
+    gamma and beta stay as loaded. Returns how many layers were frozen."""
+    seen, stack, frozen = set(), [model], 0
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            frozen += 1
+        stack.extend(getattr(layer, "layers", None) or [])
+        stack.extend(getattr(layer, "_layers", None) or [])  # sub-layers of custom layers
+    return frozen
+
+
+def load_pretrained_backbone(cfg, backbone) -> str:
+    """Load ``cfg['pretrained']`` into ``backbone``; return the weights file used.
+
+    The value is resolved by :func:`arcface.models.resolve_weights` (a shipped model's
+    name, a ``.weights.h5``, a checkpoint folder or a run folder). A missing path or
+    unknown name raises :class:`ConfigError`; a file that does not hold exactly this
+    backbone's weights (``backbone_type``, ``embd_shape``) raises :class:`CheckpointError`.
+    Both name the key ``pretrained`` and the path."""
+    from arcface.models import load_weights_exactly, resolve_weights
+    from arcface.pretrained import list_pretrained
+
+    value = cfg["pretrained"]
+    where = f"{cfg.source}: key 'pretrained' ({value!r})"
+    try:
+        weights = resolve_weights(cfg, value)
+    except (CheckpointError, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}; or the name of a shipped model "
+                          f"({', '.join(list_pretrained()) or 'none shipped'})") from None
+    if not weights.endswith(".weights.h5"):
+        raise ConfigError(f"{where}: {weights} is not a Keras backbone .weights.h5 file")
+    load_weights_exactly(backbone, weights, f"{where}: {weights} does not fit backbone_type "
+                                            f"{cfg['backbone_type']} with embd_shape {cfg['embd_shape']}")
+    return weights
+
+
+@dataclass
+class TrainingSetup:
+    """A compiled training model, ready to fit from ``start_step``."""
+
+    model: Any
+    backbone: Any
+    schedule: Any
+    manager: Any
+    start_step: int
+    best_accuracy: float
+    #: the weights file the backbone was initialised from (this run, or the run resumed)
+    pretrained: str | None
+
+
+def prepare_training(cfg, num_classes: int, total_steps: int, checkpoint_root: str = "checkpoints",
+                     mode: str = "fit") -> TrainingSetup:
+    """Seed, build and compile the training model, then resume the latest checkpoint of
+    ``<checkpoint_root>/<sub_name>`` or, when there is none, load ``pretrained`` into the
+    backbone (the head stays freshly initialised). Writes nothing. Call it under the
+    config's dtype policy, as :func:`train` does."""
+    from arcface.checkpoint import CheckpointManager
+    from arcface.heads import loss_from_config
+
+    keras.utils.set_random_seed(cfg["seed"])
+    model, backbone = build_models(cfg, num_classes)
+    if cfg["freeze_bn"]:
+        frozen = freeze_batch_norm(backbone)
+        print(f"[train] freeze_bn: {frozen} BatchNormalization layers run in inference mode")
+    schedule = build_lr_schedule(cfg, total_steps)
+    model.compile(optimizer=build_optimizer(cfg, schedule), loss=loss_from_config(cfg),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  run_eagerly=(mode == "eager_tf"))
+    model.optimizer.build(model.trainable_variables)
+
+    manager = CheckpointManager(os.path.join(checkpoint_root, cfg["sub_name"]),
+                                max_to_keep=cfg["keep_checkpoints"])
+    start_step, best, pretrained = 0, -1.0, None
+    latest = manager.latest()
+    if latest:
+        state = manager.restore(latest, model, model.optimizer)
+        start_step = int(state["step"])
+        pretrained = state.get("pretrained")
+        if os.path.isdir(manager.best_path):
+            best = float(manager.read_state(manager.best_path).get("best_accuracy", -1.0))
+        print(f"[train] resumed from {latest} at step {start_step}")
+        if cfg["pretrained"]:
+            print(f"[train] pretrained {cfg['pretrained']!r} not loaded: resuming wins")
+    elif cfg["pretrained"]:
+        pretrained = load_pretrained_backbone(cfg, backbone)
+        print(f"[train] backbone initialised from {pretrained}; the head starts fresh")
+    return TrainingSetup(model, backbone, schedule, manager, start_step, best, pretrained)
+
+
 def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root: str = "logs",
           stop_after_chunks: int | None = None, verbose: int = 1) -> dict:
     """Train (or resume) the run described by ``cfg``; return a summary dict.
@@ -128,10 +226,8 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
     """
     from arcface.callbacks import (CheckpointCallback, ScalarLog, TrainLogCallback,
                                    VerificationCallback)
-    from arcface.checkpoint import CheckpointManager
     from arcface.data.loader import make_train_loader, open_image_source
     from arcface.embed import Embedder
-    from arcface.heads import loss_from_config
     from arcface.verification import load_verification_sets
 
     if mode not in ("fit", "eager_tf"):
@@ -145,24 +241,9 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
     prior_policy = keras.config.dtype_policy()
     keras.mixed_precision.set_global_policy(cfg["mixed_precision"])
     try:
-        keras.utils.set_random_seed(cfg["seed"])
-        model, backbone = build_models(cfg, plan.num_classes)
-        schedule = build_lr_schedule(cfg, plan.total_steps)
-        model.compile(optimizer=build_optimizer(cfg, schedule), loss=loss_from_config(cfg),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                      run_eagerly=(mode == "eager_tf"))
-        model.optimizer.build(model.trainable_variables)
-
-        manager = CheckpointManager(os.path.join(checkpoint_root, cfg["sub_name"]),
-                                    max_to_keep=cfg["keep_checkpoints"])
-        start_step, best = 0, -1.0
-        latest = manager.latest()
-        if latest:
-            state = manager.restore(latest, model, model.optimizer)
-            start_step = int(state["step"])
-            if os.path.isdir(manager.best_path):
-                best = float(manager.read_state(manager.best_path).get("best_accuracy", -1.0))
-            print(f"[train] resumed from {latest} at step {start_step}")
+        setup = prepare_training(cfg, plan.num_classes, plan.total_steps, checkpoint_root, mode)
+        model, backbone, schedule, manager = setup.model, setup.backbone, setup.schedule, setup.manager
+        start_step, best = setup.start_step, setup.best_accuracy
         if start_step % plan.steps_per_chunk:
             raise ConfigError(f"{cfg.source}: checkpoint step {start_step} is not a multiple of "
                               f"'save_steps' ({plan.steps_per_chunk}); keep save_steps when resuming")
@@ -171,7 +252,7 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
             min(plan.num_chunks, initial_chunk + stop_after_chunks)
         summary = {"start_step": start_step, "total_steps": plan.total_steps,
                    "steps_per_epoch": plan.steps_per_epoch, "num_classes": plan.num_classes,
-                   "num_samples": plan.num_samples}
+                   "num_samples": plan.num_samples, "pretrained": setup.pretrained}
         if initial_chunk >= last_chunk:
             print(f"[train] nothing to do: step {start_step} of {plan.total_steps}")
             summary["end_step"] = start_step
@@ -190,7 +271,8 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
             TrainLogCallback(log, plan.steps_per_chunk, schedule, every=min(10, cfg["save_steps"])),
             verification,
             CheckpointCallback(manager, backbone, plan.steps_per_chunk,
-                               extra={"sub_name": cfg["sub_name"], "config": cfg.source}),
+                               extra={"sub_name": cfg["sub_name"], "config": cfg.source,
+                                      **({"pretrained": setup.pretrained} if setup.pretrained else {})}),
         ]
         if log.has_tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_root, cfg["sub_name"]),

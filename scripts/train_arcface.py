@@ -2,7 +2,8 @@
 
     python scripts/train_arcface.py --cfg_path configs/arc_res50.yaml [--mode fit|eager_tf]
 
-Resumes from the latest checkpoint in checkpoints/<sub_name>/ when there is one.
+Resumes from the latest checkpoint in checkpoints/<sub_name>/ when there is one; otherwise a
+config with `pretrained` starts from that backbone (fine-tuning).
 """
 
 import argparse

@@ -106,6 +106,10 @@ def test_missing_required_key_is_named(missing):
     ("test_dataset", 5, "must be str or list or null"),
     ("lr_steps", "100", "must be list"),
     ("base_lr", "fast", "must be int or float, got str 'fast'"),
+    ("pretrained", 3, "must be str or null, got int"),
+    ("pretrained", ["a.weights.h5"], "must be str or null, got list"),
+    ("freeze_bn", "yes", "must be bool, got str"),
+    ("freeze_bn", 1, "must be bool, got int"),
 ])
 def test_wrong_type_is_named(key, value, expect):
     with pytest.raises(ConfigError) as err:
@@ -168,6 +172,8 @@ def test_choices_are_enforced():
     ("margins", [0.5, 0.2], "must be a list of three numbers"),
     ("margins", [1.0, "a", 0.2], "must be a list of three numbers"),
     ("test_dataset", ["a.bin", 3], "must be a path or a list of paths"),
+    ("pretrained", "", "must not be empty"),
+    ("pretrained", "  ", "must not be empty"),
 ])
 def test_checks_are_enforced(key, value, expect):
     with pytest.raises(ConfigError) as err:
@@ -180,6 +186,14 @@ def test_values_at_the_edge_of_checks_are_accepted():
     cfg = validate_config(base(batch_size=1, dropout=0.0, w_decay=0, max_steps=None,
                                random_brightness=0.99, lr_steps=[1, 2, 3], test_dataset=["a", "b"]))
     assert (cfg["batch_size"], cfg["dropout"], cfg["w_decay"], cfg["max_steps"]) == (1, 0.0, 0, None)
+
+
+def test_finetuning_keys_default_to_training_from_scratch(tmp_path):
+    cfg = stage1()
+    assert cfg["pretrained"] is None and cfg["freeze_bn"] is False
+    text = "batch_size: 8\nsub_name: s\nbackbone_type: IR_50\npretrained: models/x\nfreeze_bn: true\n"
+    cfg = load_config(write(tmp_path, text))
+    assert cfg["pretrained"] == "models/x" and cfg["freeze_bn"] is True
 
 
 def test_config_must_be_a_mapping():
