@@ -18,10 +18,29 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
+def inference_function(model):
+    """``f(x: np.ndarray)`` -> the model's inference output (``training=False``) as NumPy (a dict
+    of arrays for a dict-output model). Under TensorFlow a ``tf.function`` that retraces for few
+    shapes (no ``predict_on_batch`` overhead a call: a few ms for one small batch); on other
+    backends ``predict_on_batch``, which they compile themselves."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow" and isinstance(model, keras.Layer):
+        import tensorflow as tf
+
+        call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return lambda x: tf.nest.map_structure(lambda t: t.numpy(), call(tf.convert_to_tensor(x)))
+    return model.predict_on_batch
+
+
 class Embedder:
     """Turns RGB images (uint8 arrays, encoded bytes or paths) into L2-normalised embeddings.
 
-    Batches are padded to ``batch_size`` so a compiled predict function is reused.
+    A batch of ``n`` images is padded to the next power of two (at most ``batch_size``), so a
+    few compiled shapes are reused and one photo costs one forward pass, not ``batch_size``.
+    The forward pass is the model's inference call (``training=False``): under TensorFlow a
+    ``tf.function`` kept by the embedder (no ``predict_on_batch`` overhead a call), else
+    ``predict_on_batch`` (compiled by the backend).
     With ``flip=True`` the embedding is that of the image plus that of its mirror
     (InsightFace's flip test), normalised afterwards. With ``mirror=True`` every image is
     mirrored first (embeddings of the mirror images, e.g. as extra training samples).
@@ -36,13 +55,26 @@ class Embedder:
         self.center_crop = center_crop
         self.mirror = mirror
         self.workers = workers or default_workers()
+        self._predict = None
+
+    def padded_size(self, n: int) -> int:
+        """Rows a batch of ``n`` images is padded to: the next power of two, capped at ``batch_size``."""
+        return min(self.batch_size, 1 << max(0, int(n) - 1).bit_length())
+
+    def _predict_fn(self):
+        """The backbone's inference function, built once per backbone."""
+        backbone = self.backbone
+        if self._predict is None or self._predict[0] is not backbone:
+            self._predict = (backbone, inference_function(backbone))
+        return self._predict[1]
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
         n = len(images)
-        if n < self.batch_size:
-            pad = np.zeros((self.batch_size - n, *images.shape[1:]), images.dtype)
+        size = self.padded_size(n)
+        if n < size:
+            pad = np.zeros((size - n, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, pad])
-        out = self.backbone.predict_on_batch(images)
+        out = self._predict_fn()(np.ascontiguousarray(images))
         return np.asarray(out, np.float32)[:n]
 
     def embed_arrays(self, images: np.ndarray, normalize: bool = True) -> np.ndarray:

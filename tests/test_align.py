@@ -533,3 +533,13 @@ def test_stage_networks_equal_the_mtcnn_keras_models():
         assert len(ours) == len(theirs)
         for a, b in zip(ours, theirs):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_read_manifest_skips_any_header_with_our_first_columns(tmp_path):
+    """lfw_112's manifest names its last column differently; its header is not a photo."""
+    path = tmp_path / "manifest.tsv"
+    path.write_text("path\tstatus\tconfidence\tlandmarks_in_original_250x250\n"
+                    "a/a_0001.jpg\tok\t0.9998\t1 2 3 4 5 6 7 8 9 10\n"
+                    "b/b_0001.jpg\tcenter\t\t\n")
+    assert read_manifest(path) == {"a/a_0001.jpg": ("ok", "0.9998", "1 2 3 4 5 6 7 8 9 10"),
+                                   "b/b_0001.jpg": ("center", "", "")}

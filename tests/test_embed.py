@@ -76,6 +76,30 @@ def test_embed_arrays_padding_does_not_change_results(net):
                                    rtol=1e-5, atol=1e-6, err_msg=f"batch {batch}")
 
 
+def test_small_batches_are_padded_to_a_power_of_two_only(net):
+    """One image costs one row, not batch_size rows; every n up to batch_size (and beyond it)
+    gives the reference embeddings."""
+    emb = Embedder(net.model, 8, SIZE)
+    assert [emb.padded_size(n) for n in range(1, 11)] == [1, 2, 4, 4, 8, 8, 8, 8, 8, 8]
+    assert Embedder(net.model, 6, SIZE).padded_size(5) == 6
+    seen = []
+    forward = emb._predict_fn()
+    emb._predict = (net.model, lambda x: seen.append(len(x)) or forward(x))
+    for n in range(1, 12):
+        x = images(n, seed=20 + n)
+        np.testing.assert_allclose(emb.embed_arrays(x), normalise(net.numpy(x)), rtol=1e-5, atol=1e-6)
+    assert set(seen) == {1, 2, 4, 8}
+
+
+def test_embedder_follows_a_replaced_backbone(net):
+    emb = Embedder(net.model, 4, SIZE)
+    x = images(3)
+    np.testing.assert_allclose(emb.embed_arrays(x), normalise(net.numpy(x)), rtol=1e-5, atol=1e-6)
+    other = TinyNet(seed=7)
+    emb.backbone = other.model
+    np.testing.assert_allclose(emb.embed_arrays(x), normalise(other.numpy(x)), rtol=1e-5, atol=1e-6)
+
+
 def test_embed_arrays_unnormalised_and_float_input(net):
     x = images(6)
     raw = Embedder(net.model, 4, SIZE).embed_arrays(x.astype(np.float32), normalize=False)

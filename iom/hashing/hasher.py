@@ -42,6 +42,7 @@ class DeepIoMHasher:
             self.dim, self.m, self.q, self.train_permutation, spec.get("hidden_layer_remark", "0"),
             spec.get("hidden_units"), spec.get("T", 1.0), seed=seed)
         self._keyings: dict[TemplateKey, CodeKeying] = {}
+        self._infer = None  # the network's compiled inference call, built on first use
 
     @classmethod
     def from_config(cls, cfg, dim: int, model_id: str | None = None) -> "DeepIoMHasher":
@@ -60,7 +61,11 @@ class DeepIoMHasher:
             raise ValueError(f"expected embeddings of shape (n, {self.dim}), got {x.shape}")
         if not np.all(np.isfinite(x)):
             raise ValueError("embeddings contain NaN or inf")
-        out = [np.asarray(self.network(x[i:i + batch_size], training=False)["logits"])
+        if self._infer is None:
+            from arcface.embed import inference_function
+
+            self._infer = inference_function(self.network)
+        out = [np.asarray(self._infer(x[i:i + batch_size])["logits"])
                for i in range(0, len(x), batch_size)] or [np.zeros((0, self.m * self.q), np.float32)]
         return np.concatenate(out).reshape(len(x), self.m, self.q)
 

@@ -1,0 +1,312 @@
+#!/usr/bin/env python
+"""Latency of one photo → protected template, and of one verification, per stage, on this CPU.
+
+The pipeline is the one users get: :meth:`iom.service.pipeline.Pipeline.from_pretrained`
+(``--hasher``, default: that method's default) inside a
+:class:`~iom.service.service.TemplateService` over a temporary SQLite store. Each photo of
+``--photos`` (default: the 40 LFW photos of ``../shared/data/raw/lfw``, 20 people x 2,
+250x250 JPEG) is given as its encoded bytes, as a client sends it, and goes through the
+exact calls the service makes, timed one by one (``time.perf_counter``):
+
+========  ==============================================================================
+stage     calls
+========  ==============================================================================
+decode    ``arcface.align.to_rgb`` (JPEG → RGB uint8; ``FaceAligner.align_batch``'s first step)
+detect    ``FaceAligner._detect`` (MTCNN: image pyramid, PNet, RNet, ONet)
+align     ``FaceAligner._faces`` (face choice + five-point similarity warp to 112x112)
+embed     ``Embedder.embed_arrays`` on the crop + ``Pipeline.fused_embedding`` (normalise)
+key       ``TemplateKey.derive`` (HKDF over token, secret and a fresh salt)
+hash      ``DeepIoMHasher.encode`` (hashing network + the key's code relabelling)
+pack      ``pack_codes`` + ``to_bytes`` (the stored blob)
+========  ==============================================================================
+
+``end_to_end`` is the wall time of that whole chain for one photo (one template, not the sum
+of per-stage medians). The API is timed too, whole: ``enroll`` (``TemplateService.enroll``
+from one photo: both templates, verification and identification, and the SQLite write) and
+``verify`` (``TemplateService.verify`` of the person's other photo against its template:
+photo → decision); ``verify_embedding`` is ``verify`` from a ready embedding (store read, key,
+hash, compare) and ``match`` only the comparison of the stored blob with the probe code
+(``from_bytes`` + ``count_mismatches``).
+
+Warm-up: ``--warmup`` photos (default 3) go through the chain and both API calls first,
+untimed (they build the detector, trace the compiled functions and fill caches); the very
+first call's time is reported apart (``first_call_ms``) and excluded from every figure.
+Then the chain runs ``--repeats`` times over all photos; p50/p95 are over all those calls.
+The machine is shared: the load average is printed with each pass and kept in the JSON.
+The staged chain is checked against the real API once (same embedding as
+``Pipeline.fused_embedding(photos=...)``).
+
+``--threads N`` sizes TensorFlow's thread pools (MTCNN always runs on TensorFlow; so does the
+embedder under ``KERAS_BACKEND=tensorflow``) and OMP/MKL; under JAX the XLA CPU client keeps
+its own. ``--profile PATH`` writes cProfile statistics of one extra pass over the photos and
+prints the top functions by cumulative time.
+
+Printed: the machine, one line per stage (p50/p95/mean ms), the API figures, and as the LAST
+stdout line one JSON object::
+
+    {"end_to_end": {"p50_ms": ..., "p95_ms": ...}, "stages": {"decode": {...}, ...},
+     "verify": {...}, "enroll": {...}, "machine": ..., "date": ..., "backend": ...,
+     "model": ..., "n_photos": 40, ...}
+
+Usage::
+
+    python bench/latency.py                       # shipped default model, 3 repeats
+    python bench/latency.py --repeats 5 --threads 2 --json outputs/latency.json
+    KERAS_BACKEND=jax python bench/latency.py --hasher iom_mbfn_celeba299_64x8
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import inspect
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DEFAULT_PHOTOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                              "data", "raw", "lfw")
+STAGES = ("decode", "detect", "align", "embed", "key", "hash", "pack")
+SECRET = b"latency-bench-application-secret"
+
+
+def set_threads(n: int | None) -> None:
+    """Size the thread pools before TensorFlow starts (no-op for ``None``)."""
+    if not n:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[var] = str(n)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(n)
+
+
+def summary(ms: list[float]) -> dict:
+    """p50 / p95 / mean / min / max of a list of milliseconds (rounded to 0.01 ms)."""
+    x = np.asarray(ms, np.float64)
+    return {"p50_ms": round(float(np.percentile(x, 50)), 2), "p95_ms": round(float(np.percentile(x, 95)), 2),
+            "mean_ms": round(float(x.mean()), 2), "min_ms": round(float(x.min()), 2),
+            "max_ms": round(float(x.max()), 2), "n": int(len(x))}
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+class Bench:
+    """The pipeline and service under test, and the staged chain."""
+
+    def __init__(self, hasher_name: str | None, store_path: str):
+        from iom.service.pipeline import Pipeline
+        from iom.service.service import TemplateService
+        from iom.service.sqlite_store import SQLiteStore
+
+        start = time.perf_counter()
+        self.pipeline = Pipeline.from_pretrained(hasher_name) if hasher_name else Pipeline.from_pretrained()
+        self.load_s = time.perf_counter() - start
+        self.store = SQLiteStore(store_path)
+        self.service = TemplateService(self.pipeline, self.store, SECRET)
+        self.aligner, self.embedder, self.hasher = self.pipeline.aligner, self.pipeline.embedder, self.pipeline.hasher
+        if self.aligner is None:
+            raise SystemExit("the pipeline has no aligner: nothing to time from photos")
+
+    def template(self, photo: bytes, token: bytes) -> tuple[bytes, np.ndarray, dict]:
+        """One photo → packed verification template, the same calls as the service; times in ms."""
+        from arcface.align import to_rgb
+        from iom.keys import TemplateKey
+        from iom.service.packing import pack_codes, to_bytes
+        from iom.service.service import SALT_BYTES
+
+        t = [time.perf_counter()]
+        rgb = to_rgb(photo)
+        self.aligner._check_image_size(rgb, "<bytes>")
+        t.append(time.perf_counter())
+        rows = self.aligner._detect({0: rgb})[0]
+        t.append(time.perf_counter())
+        crop = self.aligner._faces(rgb, rows, "<bytes>")[0].image
+        t.append(time.perf_counter())
+        embedding, _ = self.pipeline.fused_embedding(embeddings=self.embedder.embed_arrays(crop[None]))
+        t.append(time.perf_counter())
+        key = TemplateKey.derive(token, SECRET, os.urandom(SALT_BYTES))
+        t.append(time.perf_counter())
+        code = self.hasher.encode(embedding, key)
+        t.append(time.perf_counter())
+        blob = to_bytes(pack_codes(code, self.hasher.q)[0])
+        t.append(time.perf_counter())
+        ms = {name: 1e3 * (b - a) for name, a, b in zip(STAGES, t, t[1:])}
+        ms["end_to_end"] = 1e3 * (t[-1] - t[0])
+        return blob, embedding, ms
+
+    def match(self, subject: str, token: bytes, embedding: np.ndarray) -> tuple[float, float]:
+        """(similarity, ms of from_bytes + count_mismatches) of a probe embedding against ``subject``."""
+        from iom.keys import TemplateKey
+        from iom.service.packing import count_mismatches, from_bytes, pack_codes
+
+        record = self.store.active(subject)["verify"]
+        probe = pack_codes(self.hasher.encode(embedding, TemplateKey.derive(token, SECRET, record.salt)),
+                           self.hasher.q)[0]
+        start = time.perf_counter()
+        stored = from_bytes(record.code, self.hasher.m, self.hasher.q)
+        mismatches = int(count_mismatches(stored, probe))
+        ms = 1e3 * (time.perf_counter() - start)
+        return 1.0 - mismatches / self.hasher.m, ms
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, 1e3 * (time.perf_counter() - start)
+
+
+def model_facts(bench: Bench, hasher_name: str | None) -> dict:
+    from iom.service.pipeline import Pipeline
+
+    default = inspect.signature(Pipeline.from_pretrained).parameters["hasher_name"].default
+    backbone = bench.embedder.backbone
+    spec = bench.hasher.spec
+    return {"hasher": hasher_name or default, "hasher_is_default": hasher_name in (None, default),
+            "model": spec.get("stage1_model"), "model_params": int(backbone.count_params()),
+            "embedding_dim": int(backbone.output_shape[-1]), "m": bench.hasher.m, "q": bench.hasher.q,
+            "model_id": bench.pipeline.model_id, "embedder_batch_size": bench.embedder.batch_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hasher", default=None, help="models/<NAME> (default: Pipeline.from_pretrained's)")
+    parser.add_argument("--photos", default=DEFAULT_PHOTOS, help="folder of photos (searched recursively)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the photos")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed photos first")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow / OMP threads (default: theirs)")
+    parser.add_argument("--profile", default=None, help="write cProfile stats of one extra pass here")
+    parser.add_argument("--json", default=None, help="also write the JSON summary here")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 1:
+        parser.error("--repeats and --warmup must be >= 1")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    set_threads(args.threads)
+    import keras
+
+    from bench.machine import cpu_model
+
+    paths = sorted(p for ext in ("jpg", "jpeg", "png")
+                   for p in glob.glob(os.path.join(args.photos, "**", f"*.{ext}"), recursive=True))
+    if not paths:
+        raise SystemExit(f"no photos under {args.photos}")
+    photos = [open(p, "rb").read() for p in paths]
+    person = [os.path.basename(os.path.dirname(p)) for p in paths]
+    loads = {"start": load()}
+    print(f"machine: {os.cpu_count()} cpus ({cpu_model()}), keras {keras.__version__} on "
+          f"{keras.backend.backend()}, threads {args.threads or 'default'}, load average {loads['start']}",
+          flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(args.hasher, os.path.join(tmp, "templates.db"))
+        facts = model_facts(bench, args.hasher)
+        print(f"pipeline: {facts['hasher']} (stage 1 {facts['model']}, {facts['model_params']:,} params, "
+              f"{facts['embedding_dim']}-d; m={facts['m']} q={facts['q']}), loaded in {bench.load_s:.1f} s; "
+              f"{len(photos)} photos of {len(set(person))} people from {os.path.abspath(args.photos)}",
+              flush=True)
+
+        # warm-up (untimed); the first call's time is kept apart
+        _, _, first = bench.template(photos[0], b"warm-up")
+        for k, photo in enumerate(photos[:args.warmup]):
+            bench.template(photo, b"warm-up")
+            bench.service.enroll(f"warm-up-{k}", photos=[photo], user_token=b"warm-up")
+            bench.service.verify(f"warm-up-{k}", probe=photo, user_token=b"warm-up")
+            bench.service.verify(f"warm-up-{k}", embedding=bench.pipeline.embed_photos(photo), user_token=b"warm-up")
+        # the staged chain is the service's own path
+        _, staged, _ = bench.template(photos[0], b"check")
+        api, _ = bench.pipeline.fused_embedding(photos=[photos[0]])
+        np.testing.assert_allclose(staged, api, atol=1e-6)
+        loads["after_warmup"] = load()
+
+        times: dict[str, list[float]] = {name: [] for name in (*STAGES, "end_to_end")}
+        loads["passes"] = []
+        embeddings = {}
+        for r in range(args.repeats):
+            for i, photo in enumerate(photos):
+                _, embeddings[i], ms = bench.template(photo, f"token-{i}".encode())
+                for name, value in ms.items():
+                    times[name].append(value)
+            loads["passes"].append(load())
+            e2e = summary(times["end_to_end"][-len(photos):])
+            print(f"pass {r + 1}/{args.repeats}: end to end p50 {e2e['p50_ms']:.1f} ms, p95 {e2e['p95_ms']:.1f} ms; "
+                  f"load average {loads['passes'][-1]}", flush=True)
+
+        # the API, whole: enroll every photo, then verify each against its person's other photo
+        api_ms: dict[str, list[float]] = {"enroll": [], "verify": [], "verify_embedding": [], "match": []}
+        for i, photo in enumerate(photos):
+            _, ms = timed(bench.service.enroll, f"s{i}", photos=[photo], user_token=f"token-{i}".encode())
+            api_ms["enroll"].append(ms)
+        genuine, accepted = 0, 0
+        for i, photo in enumerate(photos):
+            others = [j for j in range(len(photos)) if j != i and person[j] == person[i]]
+            if not others:
+                continue
+            j = others[0]
+            token = f"token-{j}".encode()
+            decision, ms = timed(bench.service.verify, f"s{j}", probe=photo, user_token=token)
+            api_ms["verify"].append(ms)
+            _, ms = timed(bench.service.verify, f"s{j}", embedding=embeddings[i], user_token=token)
+            api_ms["verify_embedding"].append(ms)
+            similarity, ms = bench.match(f"s{j}", token, embeddings[i])
+            api_ms["match"].append(ms)
+            assert abs(similarity - decision.similarity) < 1e-9, (similarity, decision.similarity)
+            genuine += 1
+            accepted += int(decision.accepted)
+        loads["end"] = load()
+
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for i, photo in enumerate(photos):
+                bench.template(photo, f"token-{i}".encode())
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+            print(f"cProfile of one pass over {len(photos)} photos (written to {args.profile}):")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        bench.store.close()
+
+    print(f"{'stage':16s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s}   ({args.repeats} x {len(photos)} photos, "
+          f"warm-up excluded; first call {first['end_to_end']:.0f} ms)")
+    stages = {name: summary(times[name]) for name in STAGES}
+    for name in (*STAGES, "end_to_end"):
+        s = summary(times[name])
+        print(f"{name:16s} {s['p50_ms']:8.2f} {s['p95_ms']:8.2f} {s['mean_ms']:8.2f}")
+    verify = {name: summary(api_ms[name]) for name in ("verify", "verify_embedding", "match")}
+    verify.update(genuine_pairs=genuine, genuine_accepted=accepted, threshold=bench.service.threshold)
+    enroll = summary(api_ms["enroll"])
+    for name, s in (("api enroll", enroll), ("api verify", verify["verify"]),
+                    ("verify (embd)", verify["verify_embedding"]), ("match", verify["match"])):
+        print(f"{name:16s} {s['p50_ms']:8.2f} {s['p95_ms']:8.2f} {s['mean_ms']:8.2f}")
+    print(f"genuine verifications accepted: {accepted}/{genuine}; load average at the end {loads['end']}")
+    record = {
+        "end_to_end": summary(times["end_to_end"]), "stages": stages, "verify": verify, "enroll": enroll,
+        "first_call_ms": {k: round(v, 1) for k, v in first.items()},
+        "machine": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backend": keras.backend.backend(), "keras": keras.__version__, **facts,
+        "n_photos": len(photos), "n_people": len(set(person)), "repeats": args.repeats, "warmup": args.warmup,
+        "load_s": round(bench.load_s, 2), "loadavg": loads,
+    }
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
