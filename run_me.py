@@ -2,15 +2,16 @@
 
     python run_me.py [--images A B ...] [--db FILE]
 
-Builds the pipeline the project ships (MTCNN alignment, the stage-1 model
-``models/mbfn_celeba299``, the deep IoM hasher ``models/iom_mbfn_celeba299_512x8`` and its
-calibrated threshold), enrolls a person in a template database (a temporary SQLite file
-unless ``--db``), prints code excerpts, genuine and impostor Hamming distances, then revokes
-the template, reissues it under a new token and shows the old template no longer matching.
-Nothing is downloaded and nothing is read from ``../shared``: with no arguments the photos
-are files that matplotlib ships. Only one face photo ships with the dependencies
-(``grace_hopper.jpg``), so the genuine probe is an *augmented copy of the same photo* and the
-other "person" is a non-face image; the output says so. ``--images A B ...`` uses your own
+Builds the pipeline the project ships (MTCNN alignment, the default stage-1 model
+``models/mobilefacenet_ms1m``, the deep IoM hasher ``models/iom_mobilefacenet_ms1m_512x8`` and its
+calibrated threshold), enrolls two people in a template database (a temporary SQLite file
+unless ``--db``), prints code excerpts, genuine and impostor Hamming distances, identifies,
+then revokes a template, reissues it under a new token and shows the old template no longer
+matching. Nothing is downloaded and nothing is read from ``../shared``: with no arguments the
+photos are two public-domain portraits that installed packages ship, Grace Hopper
+(matplotlib's ``grace_hopper.jpg``) and the astronaut Eileen Collins (scikit-image's
+``astronaut.png``, a NASA photo). Only one photo of each exists there, so the genuine probe is
+an *augmented copy of the same photo*; the output says so. ``--images A B ...`` uses your own
 photos: A is enrolled, every other photo is verified against it.
 """
 
@@ -23,11 +24,23 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-HASHER = "iom_mbfn_celeba299_512x8"
+from iom.defaults import DEFAULT_HASHER as HASHER  # noqa: E402
+
+
+def astronaut_path() -> str:
+    """scikit-image's ``astronaut.png`` (read as a file: importing skimage is not needed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        from arcface.errors import ConfigError
+        raise ConfigError("scikit-image is not installed (pip install -r requirements.txt): it ships "
+                          "the second demo portrait")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "astronaut.png")
 
 
 def demo_photos():
-    """(label, RGB photo) from files shipped with matplotlib; the copy is an augmented copy."""
+    """(label, RGB photo) of the two demo people; the second entry is an augmented copy."""
     import cv2
     import matplotlib.cbook as cbook
     import numpy as np
@@ -40,12 +53,11 @@ def demo_photos():
     turn = cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.0)              # rotate 6°, brighten, noise
     copy = cv2.warpAffine(photo, turn, (w, h), borderMode=cv2.BORDER_REFLECT).astype(np.float32)
     copy = np.clip(copy[:, ::-1] * 1.1 + 8 + rng.normal(0, 4, copy.shape), 0, 255).astype(np.uint8)
-    other = decode_image(cbook.get_sample_data("Minduka_Present_Blue_Pack.png", asfileobj=False))
-    return (("grace_hopper.jpg", photo),
+    other = decode_image(astronaut_path())
+    return (("grace_hopper.jpg (matplotlib)", photo),
             ("grace_hopper.jpg mirrored, rotated 6°, brightened, with noise (an AUGMENTED COPY of the "
              "same photo, standing in for a second photo of her)", copy),
-            ("Minduka_Present_Blue_Pack.png (not a face: the only other image shipped, standing in "
-             "for another person)", other))
+            ("astronaut.png (scikit-image; Eileen Collins, NASA, public domain): another person", other))
 
 
 def excerpt(code, n=16) -> str:
@@ -58,7 +70,6 @@ def main(argv=None) -> int:
     parser.add_argument("--db", default=None, help="SQLite file (default: a temporary one)")
     args = parser.parse_args(argv)
 
-    import cv2
     import numpy as np
 
     from iom.service.packing import from_bytes, unpack_codes
@@ -94,19 +105,18 @@ def main(argv=None) -> int:
     (name_a, photo_a), (name_copy, copy), (name_other, other) = demo_photos()
     print(f"\n[1] {name_a}\n[2] {name_copy}\n[3] {name_other}")
     service.enroll("grace", [photo_a], user_token="grace-token-1")
-    other_emb = pipeline.embedder.embed_arrays(cv2.resize(other, (112, 112))[None])
-    service.enroll("other", embeddings=other_emb, user_token="other-token")   # no face to detect in [3]
+    service.enroll("eileen", [other], user_token="eileen-token")
     old_code = code_of("grace")
-    print(f"\nenrolled [1] as 'grace' (token 'grace-token-1') and [3] as 'other'")
+    print(f"\nenrolled [1] as 'grace' (token 'grace-token-1') and [3] as 'eileen' (token 'eileen-token')")
     print(f"stored for grace: salt, key version, model id and the keyed code {excerpt(old_code)} "
           f"({len(store.active('grace')['verify'].code)} bytes packed); no photo, embedding or token")
     genuine = service.verify("grace", copy, "grace-token-1")
-    impostor = service.verify("grace", embedding=other_emb, user_token="grace-token-1")
+    impostor = service.verify("grace", other, "grace-token-1")
     wrong = service.verify("grace", copy, "not-her-token")
     print(f"\ngenuine  [2] vs grace: Hamming distance {distance(genuine.similarity):3d}/{m}  "
           f"→ {'ACCEPTED' if genuine.accepted else 'rejected'}   (an augmented copy of the same photo)")
     print(f"impostor [3] vs grace: Hamming distance {distance(impostor.similarity):3d}/{m}  "
-          f"→ {'ACCEPTED' if impostor.accepted else 'rejected'}")
+          f"→ {'ACCEPTED' if impostor.accepted else 'rejected'}   (another person, with grace's token)")
     print(f"[2] with a wrong token: Hamming distance {distance(wrong.similarity):3d}/{m}  "
           f"→ {'ACCEPTED' if wrong.accepted else 'rejected'}   (chance is {m - m // q})")
     top = service.identify(copy, top_k=2)

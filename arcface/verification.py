@@ -72,6 +72,6 @@ def find_verification_sets(spec: str | Sequence[str] | None) -> list[str]:
 
 def load_verification_sets(spec) -> list:
     """Load every pair set named by ``spec`` (see :func:`find_verification_sets`)."""
-    from arcface.data.pairs import load_verification_set
+    from arcface.data.verification_sets import load_verification_set
 
     return [load_verification_set(p) for p in find_verification_sets(spec)]

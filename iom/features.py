@@ -88,13 +88,28 @@ class FeatureExtractor:
                                 class_names, mirror=mirror, progress=progress)
 
 
+def unit_rows(x: np.ndarray, source: str) -> np.ndarray:
+    """L2-normalised float32 rows, as the stage-1 embedder gives them (any extractor's scale
+    is dropped); NaN/inf or all-zero rows raise :class:`DataFormatError`."""
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2 or not np.all(np.isfinite(x)):
+        raise DataFormatError(f"{source}: embeddings must be a finite (n, d) array")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise DataFormatError(f"{source}: embedding row {int(np.argmin(norms))} is all zeros")
+    return x / norms
+
+
 class PrecomputedEmbeddings:
     """Embeddings computed by any extractor, read from an ``.npz`` (``names``: image paths
-    relative to the data folder, ``/``-separated); stands in for :class:`FeatureExtractor`."""
+    relative to the data folder, ``/``-separated) and L2-normalised like the stage-1
+    embedder's; stands in for :class:`FeatureExtractor`."""
 
     def __init__(self, path: str):
         self.path = path
-        self.data = load_embeddings(path)
+        data = load_embeddings(path)
+        self.data = EmbeddingSet(data.names, unit_rows(data.embeddings, path), data.labels,
+                                 data.class_names)
         self._rows = {str(n).replace(os.sep, "/"): i for i, n in enumerate(self.data.names)}
 
     def _row(self, item) -> int:
@@ -135,7 +150,7 @@ def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple
         data = load_embeddings(cfg["train_embeddings"])
         if data.labels is None:
             raise DataFormatError(f"{cfg['train_embeddings']}: training embeddings need 'labels'")
-        x, y = data.embeddings, data.labels
+        x, y = unit_rows(data.embeddings, cfg["train_embeddings"]), data.labels
     elif cfg["train_dataset"]:
         extractor = extractor or FeatureExtractor(cfg)
         data = extractor.embed_folder(cfg["train_dataset"])

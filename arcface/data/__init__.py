@@ -12,7 +12,6 @@ from arcface.data.pairs import (
     PairSet,
     chunk_folds,
     load_pairs_dir,
-    load_verification_set,
     read_lfw_pairs,
     write_lfw_pairs,
 )
@@ -28,6 +27,7 @@ from arcface.data.recordio import (
     write_insightface_recordio,
 )
 from arcface.data.verification_bin import read_verification_bin, write_verification_bin
+from arcface.data.verification_sets import load_verification_set
 
 __all__ = [
     "DEFAULT_IMAGE_EXTENSIONS",

@@ -38,7 +38,6 @@ __all__ = [
     "is_path_pairs_file",
     "write_lfw_pairs",
     "load_pairs_dir",
-    "load_verification_set",
     "DEFAULT_N_FOLDS",
     "chunk_folds",
 ]
@@ -364,27 +363,3 @@ def load_pairs_dir(
     else:
         folds = chunk_folds(n, DEFAULT_N_FOLDS)
     return PairSet(name=name, left=left, right=right, issame=issame, folds=folds)
-
-
-def load_verification_set(path: str | os.PathLike, name: str | None = None) -> PairSet:
-    """Load a verification set from an InsightFace ``.bin``, a pairs folder, or a pairs ``.txt``.
-
-    Raises:
-        DataFormatError: the path does not exist or is none of those.
-    """
-    p = Path(os.fspath(path))
-    if p.is_file() and p.suffix.lower() == ".bin":
-        from arcface.data.verification_bin import read_verification_bin
-
-        return read_verification_bin(p, name=name)
-    if p.is_dir() and (p / "pairs.txt").is_file():
-        return load_pairs_dir(p, name=name)
-    if p.is_file() and p.suffix.lower() == ".txt":
-        return load_pairs_dir(p, name=name)
-    if not p.exists():
-        raise DataFormatError(f"{p}: verification set not found")
-    raise DataFormatError(
-        f"{p}: not a verification set (expected a .bin file, a pairs .txt file, "
-        f"or a folder containing pairs.txt)"
-    )
-

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arcface.embed import l2_normalize
 from arcface.metrics import evaluate_scores, format_table
 from iom.evaluation.cancelability import SCENARIOS, cancelability_report, run_scenarios
 from iom.hashing.random_iom import RandomIoM
@@ -38,7 +39,7 @@ class PairData:
 def load_pair_data(spec: str, extractor) -> PairData:
     """Embed (with caching) the images of a verification set (.bin or pairs folder);
     ``extractor`` is a :class:`~iom.features.FeatureExtractor` or precomputed embeddings."""
-    from arcface.data.pairs import load_verification_set
+    from arcface.data.verification_sets import load_verification_set
     from arcface.verification import unique_items
 
     pairset = load_verification_set(spec)
@@ -76,7 +77,8 @@ def evaluate_hasher_on_pairs(hasher, data: PairData, name: str, n_draws: int, se
 
 def evaluate_pairs(data: PairData, hashers: dict, n_draws: int, seed: int = 0) -> dict:
     """Raw cosine plus every hasher of ``hashers`` (name → (hasher, training key))."""
-    raw = evaluate_scores(np.sum(data.embeddings[data.left] * data.embeddings[data.right], axis=1),
+    unit = l2_normalize(data.embeddings)  # cosine whatever the extractor's scale
+    raw = evaluate_scores(np.sum(unit[data.left] * unit[data.right], axis=1),
                           data.issame, folds=data.folds, name="raw", score_name="cosine")
     out = {"raw": {"report": raw.to_dict(), "_reports": [raw]}}
     for name, (hasher, training_key) in hashers.items():
@@ -170,7 +172,8 @@ def evaluate_identification(embeddings: np.ndarray, labels: np.ndarray, hashers:
     gallery, mated, nonmated = split_gallery_probes(labels, gallery_per_class)
     probes = np.concatenate([mated, nonmated])
     g_labels, p_labels = labels[gallery], labels[probes]
-    out = {"raw": identification_report(embeddings[probes] @ embeddings[gallery].T, g_labels, p_labels, far)}
+    unit = l2_normalize(embeddings)
+    out = {"raw": identification_report(unit[probes] @ unit[gallery].T, g_labels, p_labels, far)}
     for name, (hasher, app_key) in hashers.items():
         codes = hasher.encode(embeddings, app_key)
         sim = hamming_similarity_matrix(codes[probes], codes[gallery], hasher.q)

@@ -9,7 +9,7 @@
     iomface show     SUBJECT                                  template metadata (no codes)
 
 Common options: ``--db`` (a SQLite file, default ``iomface.db``, or ``postgresql://…``),
-``--model`` (a shipped hasher, default ``iom_mbfn_celeba299_512x8``), ``--aligned`` (photos are
+``--model`` (a shipped hasher, default ``iom_mobilefacenet_ms1m_512x8``), ``--aligned`` (photos are
 already aligned 112x112 crops: skip MTCNN), ``--embeddings FILE.npz`` (use its rows instead
 of photos). The application secret comes from the environment variable ``IOMFACE_APP_SECRET``
 or ``--secret_file``; it is never stored. Errors print one ``error:`` line and exit 2.
@@ -24,6 +24,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from iom.defaults import DEFAULT_HASHER  # noqa: E402
+
 COMMANDS = ("enroll", "verify", "identify", "revoke", "reissue", "list", "show")
 
 
@@ -31,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iomface", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default="iomface.db", help="SQLite file or postgresql:// URL")
-    parser.add_argument("--model", default="iom_mbfn_celeba299_512x8", help="shipped hasher name (models/)")
+    parser.add_argument("--model", default=DEFAULT_HASHER, help="shipped hasher name (models/)")
     parser.add_argument("--secret_file", default=None, help="file holding the application secret")
     parser.add_argument("--aligned", action="store_true", help="photos are aligned crops (no MTCNN)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")

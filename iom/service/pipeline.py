@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from iom.defaults import DEFAULT_HASHER
 from iom.service.errors import InvalidInputError
 
 #: largest encoded photo accepted (bytes); bigger payloads are refused before decoding
@@ -29,10 +30,12 @@ class Pipeline:
         self.model_id = model_id or hasher.spec.get("model_id", "deep_iom")
 
     @classmethod
-    def from_pretrained(cls, hasher_name: str = "iom_mbfn_celeba299_512x8", align: bool = True) -> "Pipeline":
-        """The shipped stage-1 model and hasher ``models/<hasher_name>`` (nothing downloaded)."""
+    def from_pretrained(cls, hasher_name: str = DEFAULT_HASHER, align: bool = True) -> "Pipeline":
+        """The shipped hasher ``models/<hasher_name>`` and its stage-1 model (nothing downloaded);
+        by default :data:`iom.defaults.DEFAULT_HASHER` on ``mobilefacenet_ms1m``."""
         from arcface.embed import Embedder
-        from arcface.pretrained import MODELS_DIR, load_pretrained
+        from arcface.models import load_pretrained
+        from arcface.pretrained import MODELS_DIR
         from iom.hashing.hasher import DeepIoMHasher
 
         hasher = DeepIoMHasher.load(os.path.join(MODELS_DIR, hasher_name))

@@ -14,11 +14,11 @@ from arcface.data.pair_generation import generate_pairs, make_verification_bin, 
 from arcface.data.pairs import (
     PATH_PAIRS_MAGIC,
     load_pairs_dir,
-    load_verification_set,
     read_lfw_pairs,
     read_path_pairs,
 )
 from arcface.data.verification_bin import read_verification_bin
+from arcface.data.verification_sets import load_verification_set
 from arcface.errors import DataFormatError
 from tests.conftest import REPO, shared_data, write_identity_folder
 

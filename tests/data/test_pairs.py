@@ -9,10 +9,10 @@ from arcface.data.pairs import (
     LfwPair,
     PairSet,
     load_pairs_dir,
-    load_verification_set,
     read_lfw_pairs,
     write_lfw_pairs,
 )
+from arcface.data.verification_sets import load_verification_set
 from arcface.errors import DataFormatError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"

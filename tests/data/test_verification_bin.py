@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from arcface.data.images import decode_image, encode_jpeg
-from arcface.data.pairs import load_verification_set
+from arcface.data.verification_sets import load_verification_set
 from arcface.data.verification_bin import read_verification_bin, write_verification_bin
 from arcface.errors import DataFormatError
 
