@@ -27,7 +27,7 @@ def list_images(read_path: str | os.PathLike):
     if os.path.isfile(read_path):
         return [os.path.basename(read_path)], [read_path], None, None
     if not os.path.isdir(read_path):
-        raise DataFormatError(f"--read_path not found: {read_path}")
+        raise DataFormatError(f"image file or folder not found: {read_path}")
     subdirs = sorted(d for d in os.listdir(read_path)
                      if not d.startswith(".") and os.path.isdir(os.path.join(read_path, d)))
     if subdirs:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arcface.errors import CheckpointError
+from arcface.errors import CheckpointError, DataFormatError
 from arcface.weight_mapping import (ForeignParam, apply_plan, count_add_layers, plan_weights,
                                     postorder, same_pads, save)
 
@@ -112,9 +112,9 @@ _NP_TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "I
              "INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16, "FLOAT64": np.float64}
 
 
-def _type_name(tflite, code: int) -> str:
-    names = {getattr(tflite.TensorType, n): n for n in dir(tflite.TensorType) if n.isupper()}
-    return names.get(code, f"type{code}")
+def _type_names(tflite) -> dict[int, str]:
+    """TensorType code -> name (``FLOAT32``...)."""
+    return {getattr(tflite.TensorType, n): n for n in dir(tflite.TensorType) if n.isupper()}
 
 
 def _options(tflite, op, type_name: str) -> dict:
@@ -156,10 +156,12 @@ def read_tflite(path) -> TFLiteGraph:
         if n_sub != 1:
             raise CheckpointError(f"{path}: {n_sub} subgraphs; only single-graph models are supported")
         sg = model.Subgraphs(0)
+        type_names = _type_names(tflite)
         tensors = []
         for i in range(sg.TensorsLength()):
             t = sg.Tensors(i)
-            dtype = _type_name(tflite, t.Type())
+            dtype = type_names.get(t.Type(), f"type{t.Type()}")
+            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
             q = t.Quantization()
             if q is not None and (q.ScaleLength() > 0 or q.ZeroPointLength() > 0) and \
                     dtype not in ("FLOAT32", "FLOAT16"):
@@ -170,12 +172,10 @@ def read_tflite(path) -> TFLiteGraph:
             if b is not None and b.DataLength() > 0:
                 if dtype not in _NP_TYPES:
                     raise CheckpointError(f"{path}: constant {t.Name().decode()!r} of type {dtype}")
-                shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
                 data = np.frombuffer(b.DataAsNumpy().tobytes(), _NP_TYPES[dtype]).reshape(shape)
             elif b is not None and b.Offset() > 1:
                 raise CheckpointError(f"{path}: weights stored outside the flatbuffer "
                                       f"(buffer offsets) are not supported")
-            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
             tensors.append(TFLiteTensor(i, t.Name().decode(), shape, dtype, data))
         ops = []
         for i in range(sg.OperatorsLength()):
@@ -231,9 +231,8 @@ def _dequantized_constants(graph: TFLiteGraph) -> set:
 
 
 def _conv_param(graph, op) -> ForeignParam:
+    """A conv op as a canonical param (the caller has refused a fused activation)."""
     o = op.options
-    if o.get("activation", 0) != 0:
-        raise _refuse(graph, op, "a fused activation has no counterpart in our backbones")
     if o.get("dilations", [1, 1]) != [1, 1]:
         raise _refuse(graph, op, f"dilation {o['dilations']} is not supported")
     w = _const(graph, op.inputs[1])
@@ -308,15 +307,14 @@ def _layer_nodes(graph: TFLiteGraph) -> dict:
     for op in graph.ops:
         for t in op.inputs:
             consumers.setdefault(t, []).append(op)
-    in_prelu = {}
+    in_prelu = set()  # indices of the RELU/ABS/SUB/MUL ops that a PReLU pattern consumed
     nodes = {}
     for op in graph.ops:
         if op.type == "ADD":
             m = _match_prelu(graph, op, producer, consumers)
             if m is not None:
                 x, slope, inner = m
-                for o in inner:
-                    in_prelu[o.index] = op
+                in_prelu.update(o.index for o in inner)
                 p = ForeignParam("prelu", graph.tensors[op.outputs[0]].name, {"slope": slope},
                                  {"op": op.index}, source=SOURCE)
                 nodes[op.outputs[0]] = _Node("param", [x], op.outputs[0], p)
@@ -484,11 +482,13 @@ def _check_images(folder: str | None, n: int, size: int) -> tuple[np.ndarray, st
     if folder is None:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), "random images"
-    from arcface.data.folders import DEFAULT_IMAGE_EXTENSIONS
     from arcface.data.images import decode_image
+    from arcface.embeddings_io import list_images
 
-    files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder) for f in names
-                   if f.lower().endswith(tuple(DEFAULT_IMAGE_EXTENSIONS)))
+    try:
+        files = list_images(folder)[1]  # a flat or an identity folder, in sorted order
+    except DataFormatError as e:
+        raise CheckpointError(f"--check_data: {e}") from None
     if len(files) < n:
         raise CheckpointError(f"--check_data {folder}: {len(files)} images, {n} needed")
     picked = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]

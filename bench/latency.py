@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import inspect
 import json
 import os
 import sys
@@ -70,6 +69,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from iom.defaults import DEFAULT_HASHER  # noqa: E402
 
 DEFAULT_PHOTOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                               "data", "raw", "lfw")
@@ -110,7 +111,7 @@ class Bench:
         from iom.service.sqlite_store import SQLiteStore
 
         start = time.perf_counter()
-        self.pipeline = Pipeline.from_pretrained(hasher_name) if hasher_name else Pipeline.from_pretrained()
+        self.pipeline = Pipeline.from_pretrained(hasher_name or DEFAULT_HASHER)
         self.load_s = time.perf_counter() - start
         self.store = SQLiteStore(store_path)
         self.service = TemplateService(self.pipeline, self.store, SECRET)
@@ -167,12 +168,9 @@ def timed(fn, *args, **kwargs):
 
 
 def model_facts(bench: Bench, hasher_name: str | None) -> dict:
-    from iom.service.pipeline import Pipeline
-
-    default = inspect.signature(Pipeline.from_pretrained).parameters["hasher_name"].default
     backbone = bench.embedder.backbone
     spec = bench.hasher.spec
-    return {"hasher": hasher_name or default, "hasher_is_default": hasher_name in (None, default),
+    return {"hasher": hasher_name or DEFAULT_HASHER, "hasher_is_default": hasher_name in (None, DEFAULT_HASHER),
             "model": spec.get("stage1_model"), "model_params": int(backbone.count_params()),
             "embedding_dim": int(backbone.output_shape[-1]), "m": bench.hasher.m, "q": bench.hasher.q,
             "model_id": bench.pipeline.model_id, "embedder_batch_size": bench.embedder.batch_size}

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from arcface.embed import l2_normalize
 from arcface.embeddings_io import EmbeddingSet, list_images, load_embeddings, save_embeddings
 from arcface.errors import ConfigError, DataFormatError
 
@@ -94,10 +95,10 @@ def unit_rows(x: np.ndarray, source: str) -> np.ndarray:
     x = np.asarray(x, np.float32)
     if x.ndim != 2 or not np.all(np.isfinite(x)):
         raise DataFormatError(f"{source}: embeddings must be a finite (n, d) array")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.linalg.norm(x, axis=1)
     if np.any(norms == 0):
         raise DataFormatError(f"{source}: embedding row {int(np.argmin(norms))} is all zeros")
-    return x / norms
+    return l2_normalize(x)
 
 
 class PrecomputedEmbeddings:
