@@ -32,3 +32,7 @@ class NoFaceError(IomfaceError, ValueError):
 class FaceTooSmallError(IomfaceError, ValueError):
     """Faces were found but all are smaller than ``min_face_size``, or the image itself is
     smaller than the 12-pixel window the detector searches with."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image's header says it is over the decode limits, or decoding it ran out of memory."""
