@@ -3,7 +3,8 @@
 For every verification set: raw-embedding cosine, deep IoM and random IoM at the same
 (m, q), each under the key scenarios of :mod:`iom.evaluation.cancelability`; renewability
 and unlinkability from the cross-key scores; identification on an identity folder; a
-calibration threshold at the target FAR. Everything lands in one JSON-ready dict.
+calibration (threshold at the target FAR, histogram of impostor similarities for 1:N
+thresholds, see :mod:`iom.service.calibration`). Everything lands in one JSON-ready dict.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ RANDOM_IOM_KEY = TemplateKey.from_seed("iomface-random-iom")
 
 @dataclass
 class PairData:
-    """A verification protocol on embeddings: unique images, pair indices, labels, folds."""
+    """A verification protocol on embeddings: unique images, pair indices, labels, folds, and
+    the identity of each image when known (``identities``, else ``None``)."""
 
     name: str
     embeddings: np.ndarray
@@ -34,6 +36,19 @@ class PairData:
     right: np.ndarray
     issame: np.ndarray
     folds: np.ndarray | None
+    identities: np.ndarray | None = None
+
+
+def pair_identities(items, left: np.ndarray, right: np.ndarray, issame: np.ndarray) -> np.ndarray | None:
+    """The identity of each unique image of a pair set: its folder name (pairs folders keep one
+    folder per person), or ``None`` for encoded images (.bin) or when the folder names
+    contradict a pair's label."""
+    if not items or not all(isinstance(x, (str, os.PathLike)) for x in items):
+        return None
+    ids = np.array([os.path.basename(os.path.dirname(os.path.abspath(x))) for x in items])
+    if len(issame) and not np.array_equal(ids[left] == ids[right], np.asarray(issame, bool)):
+        return None
+    return ids
 
 
 def load_pair_data(spec: str, extractor) -> PairData:
@@ -45,8 +60,9 @@ def load_pair_data(spec: str, extractor) -> PairData:
     pairset = load_verification_set(spec)
     items, left, right = unique_items(pairset)
     data = extractor.embed_items(items, tag=f"pairs_{pairset.name}")
-    return PairData(pairset.name, data.embeddings, left, right, np.asarray(pairset.issame, bool),
-                    pairset.folds)
+    issame = np.asarray(pairset.issame, bool)
+    return PairData(pairset.name, data.embeddings, left, right, issame, pairset.folds,
+                    pair_identities(items, left, right, issame))
 
 
 def _summary(reports) -> dict:
@@ -92,19 +108,37 @@ def random_baseline(m: int, q: int, dim: int) -> tuple[RandomIoM, TemplateKey]:
 
 
 def calibration(data: PairData, hasher, far: float) -> dict:
-    """The decision threshold of ``hasher`` (training key) at ``far`` on ``data``'s impostors:
-    the lowest Hamming similarity accepted with a false-accept rate ``<= far``. ``threshold``
-    is ``None`` when no genuine score clears every allowed impostor (nothing can be accepted)."""
+    """The calibration file of ``hasher`` (training key; scores are key-invariant) on ``data``.
+
+    ``threshold``: the lowest Hamming similarity accepted with a false-accept rate ``<= far``
+    on the listed impostor pairs (``None`` when no genuine score clears every allowed
+    impostor). ``impostor_similarities``: the histogram of agreeing groups (k = 0..m) over
+    every cross-identity pair of the images (:func:`iom.service.calibration.impostor_histogram`),
+    or over the listed impostor pairs when the images have no identities; it sets the 1:N
+    thresholds (:func:`iom.service.calibration.identification_threshold`)."""
     from arcface.metrics import far_resolvable, tar_at_far
     from iom.evaluation.matching import hamming_similarity
+    from iom.service.calibration import impostor_histogram
 
     codes = hasher.encode(data.embeddings, None)
     scores = hamming_similarity(codes[data.left], codes[data.right])
     tar, threshold = tar_at_far(scores, data.issame, far)
     n_impostor = int((~data.issame).sum())
+    if data.identities is not None:
+        counts, n_images = impostor_histogram(codes, hasher.q, data.identities)
+        subset = "the" if n_images == len(codes) else f"a random {n_images} of the"
+        source = (f"all cross-identity pairs of {subset} {len(codes)} images "
+                  f"({len(np.unique(data.identities))} identities) of {data.name}")
+    else:
+        impostor = ~data.issame
+        agree = np.count_nonzero(codes[data.left[impostor]] == codes[data.right[impostor]], axis=1)
+        counts = np.bincount(agree, minlength=hasher.m + 1)
+        source = f"the {n_impostor} listed impostor pairs of {data.name} (no identities)"
     return {"far": far, "threshold": float(threshold) if np.isfinite(threshold) else None,
             "tar": float(tar), "dataset": data.name, "n_impostor": n_impostor,
-            "far_resolvable": bool(far_resolvable(n_impostor, far)), "m": hasher.m, "q": hasher.q}
+            "far_resolvable": bool(far_resolvable(n_impostor, far)), "m": hasher.m, "q": hasher.q,
+            "impostor_similarities": [int(c) for c in counts],
+            "n_impostor_similarities": int(counts.sum()), "impostor_similarities_source": source}
 
 
 def format_pair_results(name: str, results: dict) -> str:
@@ -234,7 +268,9 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
         cal = out["calibration"]
         shown = "none reachable" if cal["threshold"] is None else f"{cal['threshold']:.4f}"
         warn = "" if cal["far_resolvable"] else f" (warning: FAR below 1/{cal['n_impostor']} impostors)"
-        print(f"calibration (FAR {cfg['target_far']}): threshold {shown}{warn} -> {calibration_path}")
+        print(f"calibration (FAR {cfg['target_far']}): threshold {shown}{warn}; impostor histogram of "
+              f"{cal['n_impostor_similarities']} similarities ({cal['impostor_similarities_source']}) "
+              f"-> {calibration_path}")
     if json_path:
         _write_json(json_path, out)
         print(f"all figures -> {json_path}")
