@@ -74,6 +74,7 @@ def main(argv=None) -> int:
 
     from iom.service.packing import from_bytes, unpack_codes
     from iom.service.pipeline import Pipeline
+    from iom.service.policy import ServicePolicy
     from iom.service.service import TemplateService
     from iom.service.sqlite_store import SQLiteStore
 
@@ -81,7 +82,9 @@ def main(argv=None) -> int:
     m, q = pipeline.hasher.m, pipeline.hasher.q
     tmp = tempfile.TemporaryDirectory()
     store = SQLiteStore(args.db or os.path.join(tmp.name, "templates.db"))
-    service = TemplateService(pipeline, store, app_secret=os.urandom(32))
+    # the demo prints Hamming distances, so it runs the research policy that exposes scores;
+    # a deployed service keeps the default, which answers with decisions only
+    service = TemplateService(pipeline, store, app_secret=os.urandom(32), policy=ServicePolicy(expose_scores=True))
     print(f"pipeline: MTCNN → {pipeline.hasher.spec['stage1_model']} → deep IoM {HASHER} (m={m}, q={q}); "
           f"decision threshold {service.threshold:.4f} (calibrated at FAR {service.calibration['far']:g} on LFW)")
 
@@ -120,12 +123,15 @@ def main(argv=None) -> int:
     print(f"[2] with a wrong token: Hamming distance {distance(wrong.similarity):3d}/{m}  "
           f"→ {'ACCEPTED' if wrong.accepted else 'rejected'}   (chance is {m - m // q})")
     top = service.identify(copy, top_k=2)
-    print("identify [2]: " + ", ".join(f"{s} ({v:.3f}{', match' if a else ''})" for s, v, a in top))
+    print("identify [2]: " + ", ".join(f"{c.subject_id} ({c.similarity:.3f}{', match' if c.accepted else ''})"
+                                       for c in top))
 
-    service.reissue("grace", [photo_a], new_token="grace-token-2")
+    # reissue needs proof: grace's current token with her face (or the administrator credential)
+    service.reissue("grace", [photo_a], new_token="grace-token-2", user_token="grace-token-1", proof_photo=copy)
     new_code = code_of("grace")
     same = int(np.count_nonzero(old_code == new_code))
-    print(f"\nrevoked grace's template and reissued it from the same photo under 'grace-token-2':")
+    print(f"\nrevoked grace's template and reissued it from the same photo under 'grace-token-2' "
+          f"(proved with her current token and face):")
     print(f"  old code {excerpt(old_code)}\n  new code {excerpt(new_code)}")
     print(f"  old vs new template: Hamming distance {m - same}/{m} (unrelated codes differ in about "
           f"{m - m // q}); the old one is marked revoked and never matches")

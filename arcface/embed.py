@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -18,6 +19,9 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
+_PREDICT_LOCK = threading.Lock()
+
+
 def inference_function(model):
     """``f(x: np.ndarray)`` -> the model's inference output (``training=False``) as NumPy (a dict
     of arrays for a dict-output model). Under TensorFlow a ``tf.function`` that retraces for few
@@ -30,7 +34,14 @@ def inference_function(model):
 
         call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         return lambda x: tf.nest.map_structure(lambda t: t.numpy(), call(tf.convert_to_tensor(x)))
-    return model.predict_on_batch
+
+    def predict(x):
+        # Keras' predict_on_batch writes the model's state back after each call (JAX: donated
+        # buffers), so concurrent calls from threads must not overlap
+        with _PREDICT_LOCK:
+            return model.predict_on_batch(x)
+
+    return predict
 
 
 class Embedder:

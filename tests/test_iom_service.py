@@ -6,10 +6,19 @@ import sqlite3
 import numpy as np
 import pytest
 
-from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
+from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, PolicyError,
                                 UnknownSubjectError)
 
 SECRET = b"application-secret-for-tests"
+ADMIN = "administrator-credential-for-tests"
+
+
+def research_policy(**changes):
+    """Embeddings in, scores out, cheap token stretching: the library-level options these
+    tests need to measure the codes (the service's defaults are tested in test_iom_security)."""
+    from iom.service.policy import ServicePolicy
+
+    return ServicePolicy(**{"allow_embeddings": True, "expose_scores": True, "scrypt_n": 2**10, **changes})
 
 
 def _default_hasher_spec() -> dict:
@@ -50,7 +59,8 @@ def service(tmp_path, hasher):
     from iom.service.sqlite_store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "t.db")
-    yield TemplateService(Pipeline(_NoEmbedder(), hasher), store, SECRET)
+    yield TemplateService(Pipeline(_NoEmbedder(), hasher), store, SECRET, policy=research_policy(),
+                          admin_secret=ADMIN)
     store.close()
 
 
@@ -74,16 +84,16 @@ def test_enroll_verify_identify_revoke_reissue(service):
     wrong_token = service.verify("s0", user_token="token-X", embedding=x[0, 2])
     assert not wrong_token.accepted and abs(wrong_token.similarity - 1 / 8) < 0.06   # chance level
     top = service.identify(embedding=x[3, 2], top_k=3)
-    assert top[0][0] == "s3" and top[0][2] and len(top) == 3
+    assert top[0].subject_id == "s3" and top[0].accepted and [c.rank for c in top] == [1, 2, 3]
     assert sorted(service.list()) == [f"s{i}" for i in range(6)]
-    # revoke: no verification, no identification hit
-    service.revoke("s3")
-    with pytest.raises(RevokedTemplateError):
-        service.verify("s3", user_token="token-3", embedding=x[3, 2])
-    assert "s3" not in [s for s, _, _ in service.identify(embedding=x[3, 2], top_k=6)]
+    # revoke (with the user's proof): no verification, no identification hit
+    service.revoke("s3", user_token="token-3", proof_embedding=x[3, 2])
+    assert not service.verify("s3", user_token="token-3", embedding=x[3, 2]).accepted
+    assert "s3" not in [c.subject_id for c in service.identify(embedding=x[3, 2], top_k=6)]
     # reissue under a new token: the new token verifies, the old one does not
     service.enroll("s3", embeddings=x[3, :2], user_token="token-3")
-    service.reissue("s3", new_token="token-3b", embeddings=x[3, :2])
+    service.reissue("s3", new_token="token-3b", embeddings=x[3, :2], user_token="token-3",
+                    proof_embedding=x[3, 2])
     assert service.verify("s3", user_token="token-3b", embedding=x[3, 2]).accepted
     assert not service.verify("s3", user_token="token-3", embedding=x[3, 2]).accepted
     history = service.get("s3")
@@ -95,9 +105,9 @@ def test_old_and_reissued_templates_are_unrelated(service, hasher):
     from iom.service.packing import from_bytes, unpack_codes
 
     x = people()
-    service.enroll("a", embeddings=x[0], user_token="t1")
+    service.enroll("a", embeddings=x[0], user_token="token-one")
     old = service.store.active("a")["verify"]
-    service.reissue("a", new_token="t2", embeddings=x[0])
+    service.reissue("a", new_token="token-two", embeddings=x[0], admin_secret=ADMIN)
     new = service.store.active("a")["verify"]
     a = unpack_codes(from_bytes(old.code, M, Q)[None], M, Q)[0]
     b = unpack_codes(from_bytes(new.code, M, Q)[None], M, Q)[0]
@@ -114,9 +124,9 @@ def test_old_and_reissued_templates_are_unrelated(service, hasher):
     (dict(), InvalidInputError),
 ])
 def test_bad_enrollment_input_changes_nothing(service, bad, error):
-    service.enroll("keep", embeddings=people()[0], user_token="t")
+    service.enroll("keep", embeddings=people()[0], user_token="token-keep")
     before = service.store.dump()
-    kwargs = {"user_token": "t", **bad}
+    kwargs = {"user_token": "token-new", **bad}
     with pytest.raises(error):
         service.enroll("new", **kwargs)
     assert service.store.dump() == before
@@ -124,16 +134,19 @@ def test_bad_enrollment_input_changes_nothing(service, bad, error):
 
 def test_duplicate_and_unknown_subjects_change_nothing(service):
     x = people()
-    service.enroll("a", embeddings=x[0], user_token="t")
+    service.enroll("a", embeddings=x[0], user_token="token-a")
     before = service.store.dump()
     with pytest.raises(DuplicateEnrollmentError):
-        service.enroll("a", embeddings=x[1], user_token="t")
-    for call in (lambda: service.revoke("nobody"),
-                 lambda: service.reissue("nobody", new_token="t", embeddings=x[0]),
-                 lambda: service.verify("nobody", user_token="t", embedding=x[0, 0])):
+        service.enroll("a", embeddings=x[1], user_token="token-a")
+    for call in (lambda: service.revoke("nobody", admin_secret=ADMIN),
+                 lambda: service.reissue("nobody", new_token="token-b", embeddings=x[0], admin_secret=ADMIN)):
         with pytest.raises(UnknownSubjectError):
             call()
     assert service.store.dump() == before
+    # without the administrator credential an unknown subject is just a failed proof
+    with pytest.raises(PolicyError):
+        service.revoke("nobody", user_token="token-a", proof_embedding=x[0, 0])
+    assert not service.verify("nobody", user_token="token-a", embedding=x[0, 0]).accepted
 
 
 def test_database_holds_no_token_secret_embedding_or_photo(service, tmp_path):
@@ -179,25 +192,45 @@ def test_command_line(tmp_path):
     save_embeddings(tmp_path / "a.npz", ["a0", "a1", "a2"], x[0])
     save_embeddings(tmp_path / "b.npz", ["b0"], x[1, :1])
     db = tmp_path / "cli.db"
+    token = tmp_path / "token"
+    token.write_text("Kq7vR2mXp9Lz\n")
+    token.chmod(0o600)
 
-    def iomface(*args, secret="s3cret"):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", IOMFACE_APP_SECRET=secret)
-        return subprocess.run([sys.executable, "-m", "iom.service.cli", "--db", str(db), "--json", *args],
-                              capture_output=True, text=True, env=env, timeout=300)
+    def iomface(*args, secret="s3cret", admin=None, stdin=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
+        env.update(TF_CPP_MIN_LOG_LEVEL="3", IOMFACE_APP_SECRET=secret, XDG_STATE_HOME=str(tmp_path / "state"),
+                   **({"IOMFACE_ADMIN_SECRET": admin} if admin else {}))
+        return subprocess.run([sys.executable, "-m", "iom.service.cli", "--db", str(db), "--json", "--allow_embeddings",
+                               *map(str, args)], input=stdin, capture_output=True, text=True, env=env, timeout=300)
 
-    done = iomface("enroll", "alice", "--embeddings", str(tmp_path / "a.npz"), "--token", "t1")
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    done = iomface("enroll", "alice", "--embeddings", a, "--token_file", token)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["templates"] == [1, 2]
-    genuine = json.loads(iomface("verify", "alice", "--embeddings", str(tmp_path / "a.npz"), "--token", "t1").stdout)
-    impostor = json.loads(iomface("verify", "alice", "--embeddings", str(tmp_path / "b.npz"), "--token", "t1").stdout)
-    assert genuine["accepted"] and not impostor["accepted"]
+    assert json.loads(done.stdout) == {"subject": "alice", "templates": [1, 2]}
+    genuine = json.loads(iomface("verify", "alice", "--embeddings", a, "--token_file", token).stdout)
+    impostor = json.loads(iomface("verify", "alice", "--embeddings", b, "--token_file", "-",
+                                  stdin=token.read_text()).stdout)
+    assert genuine == {"subject": "alice", "accepted": True}                  # decisions, no similarity
+    assert impostor == {"subject": "alice", "accepted": False}
+    assert json.loads(iomface("identify", "--embeddings", a).stdout) == [{"subject": "alice", "rank": 1}]
     assert json.loads(iomface("list").stdout) == ["alice"]
-    assert [t["purpose"] for t in json.loads(iomface("show", "alice").stdout)] == ["verify", "identify"]
-    done = iomface("verify", "alice", "--embeddings", str(tmp_path / "a.npz"), "--token", "t1", secret="")
+    shown = json.loads(iomface("show", "alice").stdout)
+    assert [t["purpose"] for t in shown] == ["verify", "identify"] and isinstance(shown[0]["version"], int)
+    done = iomface("verify", "alice", "--embeddings", a, "--token_file", token, secret="")
     assert done.returncode == 2 and "IOMFACE_APP_SECRET" in done.stderr
-    assert json.loads(iomface("revoke", "alice").stdout)["revoked"] == 2
-    done = iomface("revoke", "alice")
+    done = iomface("revoke", "alice")                                          # no proof
+    assert done.returncode == 2 and "proof" in done.stderr
+    done = iomface("revoke", "alice", "--token_file", token, "--proof_embeddings", a,
+                   "--expected_version", shown[0]["version"])
+    assert json.loads(done.stdout) == {"subject": "alice", "revoked": 2}, done.stderr[-2000:]
+    admin_file = tmp_path / "admin"                                           # the credential set-admin keeps
+    admin_file.write_text("administrator-secret")
+    os.chmod(admin_file, 0o600)
+    done = iomface("set-admin", "--new_admin_secret_file", str(admin_file))
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = iomface("revoke", "alice", admin="administrator-secret")
     assert done.returncode == 2 and "revoked" in done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +241,7 @@ def photo_service(tmp_path_factory, hasher):
     from iom.service.sqlite_store import SQLiteStore
 
     store = SQLiteStore(tmp_path_factory.mktemp("photos") / "p.db")
-    yield TemplateService(Pipeline.from_pretrained(), store, SECRET)    # the shipped default
+    yield TemplateService(Pipeline.from_pretrained(), store, SECRET)    # the shipped default, default policy
     store.close()
 
 
@@ -232,13 +265,13 @@ def test_malformed_photos_get_typed_errors_and_change_nothing(photo_service, nam
 
     if "grace" not in photo_service.list():
         photo_service.enroll("grace", [cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)],
-                             user_token="t")
+                             user_token="token-grace")
     before = photo_service.store.dump()
     photo = _bad_photos()[name]
     with pytest.raises(IomfaceError):
-        photo_service.enroll(f"new-{name}", [photo], user_token="t")
+        photo_service.enroll(f"new-{name}", [photo], user_token="token-new")
     with pytest.raises(IomfaceError):
-        photo_service.verify("grace", photo, "t")
+        photo_service.verify("grace", photo, "token-grace")
     assert photo_service.store.dump() == before
 
 

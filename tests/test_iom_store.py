@@ -25,8 +25,9 @@ from iom.service import store as store_mod
 from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
                                 StoreError, TemplateError, UnknownSubjectError)
 from iom.service.sqlite_store import SQLiteStore
-from iom.service.store import (MIGRATIONS, TemplateRecord, TemplateStore, open_store, record_checksum,
+from iom.service.store import (MIGRATIONS, TemplateRecord, TemplateStore, record_checksum,
                                validate_record)
+from iom.service.stores import open_store
 from tests.pg_server import fresh_database, fresh_schema, postgres_server, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +146,7 @@ def test_checksum_covers_every_field():
 
 
 def test_round_trip(backend, store):
-    assert store.schema_version() == len(MIGRATIONS) == 1
+    assert store.schema_version() == len(MIGRATIONS) == LATEST
     before = datetime.now(timezone.utc)
     ids = store.enroll(pair("alice"))
     assert len(ids) == 2 and ids[0] < ids[1]
@@ -159,9 +160,10 @@ def test_round_trip(backend, store):
         created = datetime.fromisoformat(r.created_at)
         assert created.utcoffset().total_seconds() == 0 and created >= before.replace(microsecond=0)
     assert store.subjects() == ["alice", "bob"]
-    assert store.identify_gallery("arcface-r50/iom-512x16") == (
-        [ids[1]], ["alice"], [rec("alice", "identify").code])
-    assert store.identify_gallery("another-model") == ([], [], [])
+    head, gallery = store.identify_gallery("arcface-r50/iom-512x16")
+    assert head == store.head() == 2 and gallery == [active["identify"]]
+    assert gallery[0].code == rec("alice", "identify").code
+    assert store.identify_gallery("another-model") == (2, [])
     assert [r.template_id for r in store.history("alice")] == ids
     assert [r.template_id for r in store.history("bob")] == bob_ids
     # a second connection sees the same
@@ -177,8 +179,7 @@ def test_revoke_reissue_history(backend, store):
         store.active("alice")
     assert store.subjects() == ["bob"]
     assert store.subjects(include_revoked=True) == ["alice", "bob"]
-    ids, subjects, _ = store.identify_gallery("arcface-r50/iom-512x16")
-    assert subjects == ["bob"]
+    assert [r.subject_id for r in store.identify_gallery("arcface-r50/iom-512x16")[1]] == ["bob"]
     with pytest.raises(RevokedTemplateError):
         store.revoke("alice")
     with pytest.raises(RevokedTemplateError):
@@ -195,12 +196,14 @@ def test_revoke_reissue_history(backend, store):
     assert [r.template_id for r in history] == old + again + new
     assert [r.revoked_at is None for r in history] == [False] * 4 + [True] * 2
     assert all(r.revoked_at >= r.created_at for r in history if r.revoked_at)
-    ids, subjects, codes = store.identify_gallery("arcface-r50/iom-512x16")
-    assert subjects == ["bob", "alice"] and codes[1] == new_code[::-1] and ids == sorted(ids)
+    gallery = store.identify_gallery("arcface-r50/iom-512x16")[1]
+    ids = [r.template_id for r in gallery]
+    assert [r.subject_id for r in gallery] == ["bob", "alice"] and gallery[1].code == new_code[::-1]
+    assert ids == sorted(ids)
     # reissue may change which purposes the subject has
     store.reissue("bob", [rec("bob", "verify", code=b"only-verify")])
     assert set(store.active("bob")) == {"verify"}
-    assert store.identify_gallery("arcface-r50/iom-512x16")[1] == ["alice"]
+    assert [r.subject_id for r in store.identify_gallery("arcface-r50/iom-512x16")[1]] == ["alice"]
 
 
 def test_duplicate_enrollment_changes_nothing(store):
@@ -345,40 +348,42 @@ def test_store_closed_and_context_manager(backend):
 
 
 # ---------------------------------------------------------------------------- schema
-V2 = (2, ["CREATE TABLE audit (event_id INTEGER NOT NULL, note TEXT NOT NULL)",
+LATEST = len(MIGRATIONS)                 # the schema version of this code
+NEXT = LATEST + 1
+V2 = (NEXT, ["CREATE TABLE audit (event_id INTEGER NOT NULL, note TEXT NOT NULL)",
           "INSERT INTO audit (event_id, note) SELECT template_id, subject_id FROM templates"])
 
 
 def test_schema_migration(backend, monkeypatch):
     s1 = backend.open()
     ids = s1.enroll(pair("alice"))
-    assert s1.schema_version() == 1
+    assert s1.schema_version() == LATEST
     s1.close()
 
     class StoreV2(backend.cls):
         migrations = [*MIGRATIONS, V2]
 
     s2 = backend.open(StoreV2)
-    assert s2.schema_version() == 2
+    assert s2.schema_version() == NEXT
     assert [r.template_id for r in s2.history("alice")] == ids
     dump = s2.dump()
-    assert ("audit", ids[0], "alice") in dump and ("schema_info", 2) in dump
+    assert ("audit", ids[0], "alice") in dump and ("schema_info", NEXT) in dump
     s2.enroll(pair("bob"))
     s2.close()
-    # code that only knows version 1 refuses the newer database
-    with pytest.raises(StoreError, match="schema version 2, newer than this code supports"):
+    # code that only knows the older versions refuses the newer database
+    with pytest.raises(StoreError, match=f"schema version {NEXT}, newer than this code supports"):
         backend.open()
-    # appending to the module's list is all a real version 2 takes
+    # appending to the module's list is all a real new version takes
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*MIGRATIONS, V2])
-    assert backend.open().schema_version() == 2
+    assert backend.open().schema_version() == NEXT
 
 
 def test_fresh_database_gets_every_migration(backend):
     class StoreV2(backend.cls):
-        migrations = [*MIGRATIONS, (2, ["CREATE TABLE extra (x INTEGER)"])]
+        migrations = [*MIGRATIONS, (NEXT, ["CREATE TABLE extra (x INTEGER)"])]
 
     s = backend.open(StoreV2)
-    assert s.schema_version() == 2 and s.dump() == [("schema_info", 2)]
+    assert s.schema_version() == NEXT and s.dump() == [("schema_info", NEXT)]
 
 
 def test_failed_migration_rolls_back(backend):
@@ -388,12 +393,12 @@ def test_failed_migration_rolls_back(backend):
     s1.close()
 
     class Broken(backend.cls):
-        migrations = [*MIGRATIONS, (2, ["CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"])]
+        migrations = [*MIGRATIONS, (NEXT, ["CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"])]
 
-    with pytest.raises(StoreError, match="migration to schema version 2 failed"):
+    with pytest.raises(StoreError, match=f"migration to schema version {NEXT} failed"):
         backend.open(Broken)
     s = backend.open()
-    assert s.schema_version() == 1 and s.dump() == before
+    assert s.schema_version() == LATEST and s.dump() == before
 
 
 def test_migration_list_must_be_ordered(backend):
@@ -477,7 +482,7 @@ def test_postgres_url_and_bad_connection(pg_dsn):
     with fresh_database(pg_dsn) as dsn:
         name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
         with open_store(f"postgresql://postgres@{info['host']}:{info['port']}/{name}") as s:
-            assert isinstance(s, PostgresStore) and s.schema_version() == 1
+            assert isinstance(s, PostgresStore) and s.schema_version() == LATEST
             s.enroll(pair("alice"))
             assert "postgres@" not in repr(s)
     import socket
@@ -553,9 +558,9 @@ def test_concurrent_open_of_fresh_database(backend):
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [1] * 4
+    assert results == [LATEST] * 4
     assert backend.open().subjects() == ["s0", "s1", "s2", "s3"]
-    assert [r for r in backend.open().dump() if r[0] == "schema_info"] == [("schema_info", 1)]
+    assert [r for r in backend.open().dump() if r[0] == "schema_info"] == [("schema_info", LATEST)]
 
 
 def check_invariants(s: TemplateStore) -> Counter:
@@ -710,4 +715,7 @@ def test_sqlite_file_holds_only_given_fields(tmp_path):
     assert row[1:] == (tid, "alice", "verify", code, salt, 1, given.model_id, 512, 16, 3, row[11], None,
                        row[13])
     assert len(row[13]) == 32
-    assert {r[0] for r in dump} == {"templates", "schema_info"}
+    # and the event log entry of the enrolment (no attempts were made)
+    assert {r[0] for r in dump} == {"templates", "schema_info", "events"}
+    (event,) = [r[1:] for r in dump if r[0] == "events"]
+    assert event[:5] == (1, "alice", "enroll", "", str(tid)) and event[5] >= row[11] and len(event[6]) == 32

@@ -3,7 +3,9 @@
 * MTCNN's first stage with the whole pyramid in one TensorFlow call (``PyramidPNet``) equals
   mtcnn's own stage, level by level, exactly, and so does the whole detection;
 * a photo's embedding through the pipeline (one image, no padding to the embedder's batch size,
-  the direct inference call) equals the backbone's ``predict_on_batch`` on a full padded batch.
+  the direct inference call) equals the backbone's ``predict_on_batch`` on a full padded batch;
+* the bench's staged chain is the service's path: the same stored blobs as ``enroll``, the
+  same similarity as ``verify``.
 """
 
 import importlib.util
@@ -98,3 +100,27 @@ def test_photo_embeddings_equal_the_padded_batch_predict(photos, pipeline):
     np.testing.assert_allclose(got, want, atol=2e-5)
     # and different photos do give different embeddings (the comparison can fail)
     assert np.abs(got[0] - got[1]).max() > 1e-2
+
+
+@needs_mtcnn
+@pytest.mark.parametrize("identification", [True, False])
+def test_latency_bench_chain_is_the_service_path(photos, pipeline, tmp_path, identification):
+    """bench/latency.py's staged chain (scrypt verification key, gallery code, per-template
+    identification key) gives exactly the blobs ``TemplateService.enroll`` stores, and its
+    match the similarity ``verify`` computes (cheapest scrypt cost, to keep the test quick)."""
+    from bench.latency import Bench, new_token
+
+    bench = Bench(None, str(tmp_path / "t.db"), scrypt_n=2**10, identification=identification,
+                  pipeline=pipeline)
+    assert bench.key_version == 210
+    bench.check_against_api(photos[0])
+    token = new_token()
+    bench.service.enroll("s0", photos=[photos[0]], user_token=token)
+    _, embedding, ms = bench.template(photos[1], token, "s0")
+    assert set(ms) >= {"key", "hash", "pack", "verification_template", "end_to_end"}
+    assert ("id-key" in ms) == identification
+    scored = bench.trusted.verify("s0", embedding=embedding, user_token=token)
+    similarity, _ = bench.match("s0", token, embedding)
+    assert similarity == pytest.approx(scored.similarity, abs=1e-12)
+    assert bench.service.verify("s0", probe=photos[1], user_token=token).similarity is None
+    bench.store.close()

@@ -41,7 +41,6 @@ class DeepIoMHasher:
         self.network = network or build_hashing_network(
             self.dim, self.m, self.q, self.train_permutation, spec.get("hidden_layer_remark", "0"),
             spec.get("hidden_units"), spec.get("T", 1.0), seed=seed)
-        self._keyings: dict[TemplateKey, CodeKeying] = {}
         self._infer = None  # the network's compiled inference call, built on first use
 
     @classmethod
@@ -74,12 +73,9 @@ class DeepIoMHasher:
         return self.logits(embeddings).argmax(axis=2).astype(code_dtype(self.q))
 
     def keying(self, key: TemplateKey) -> CodeKeying:
-        keying = self._keyings.get(key)
-        if keying is None:
-            keying = CodeKeying(key, self.m, self.q)
-            if len(self._keyings) < 4096:
-                self._keyings[key] = keying
-        return keying
+        """The relabelling of ``key`` (made afresh each call, ~0.2 ms: template keys are
+        secrets and no cache keeps them in memory)."""
+        return CodeKeying(key, self.m, self.q)
 
     def encode(self, embeddings: np.ndarray, key: TemplateKey | None) -> np.ndarray:
         """Protected codes (n, m) of ``embeddings`` under ``key`` (``None``: un-keyed)."""

@@ -7,6 +7,8 @@ unlinkable code. This is the baseline deep IoM is measured against at equal (m, 
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from iom.hashing.keying import code_dtype
@@ -17,21 +19,25 @@ class RandomIoM:
     """Gaussian random-projection IoM hashing with key-derived projections."""
 
     PURPOSE = "random-iom-projection"
+    CACHE_SIZE = 16          # projections of the most recently used keys kept in memory
 
     def __init__(self, m: int, q: int, dim: int):
         if m < 1 or q < 2 or dim < 1:
             raise ValueError(f"random IoM needs m >= 1, q >= 2, dim >= 1 (got m={m}, q={q}, dim={dim})")
         self.m, self.q, self.dim = int(m), int(q), int(dim)
-        self._cache: dict[TemplateKey, np.ndarray] = {}
+        self._cache: OrderedDict[TemplateKey, np.ndarray] = OrderedDict()   # least recently used first
 
     def projection(self, key: TemplateKey) -> np.ndarray:
-        """The (dim, m*q) float32 projection of ``key`` (cached per key)."""
+        """The (dim, m*q) float32 projection of ``key`` (the last :attr:`CACHE_SIZE` are cached)."""
         w = self._cache.get(key)
         if w is None:
             stream = key.stream(f"{self.PURPOSE}/d={self.dim}/m={self.m}/q={self.q}")
             w = stream.normal((self.dim, self.m * self.q)).astype(np.float32)
-            if len(self._cache) < 64:
-                self._cache[key] = w
+            self._cache[key] = w
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
         return w
 
     def encode(self, embeddings: np.ndarray, key: TemplateKey) -> np.ndarray:

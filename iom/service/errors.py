@@ -16,7 +16,13 @@ error                          raised when
 :class:`RevokedTemplateError`  (an UnknownSubjectError) the subject's templates were
                                all revoked
 :class:`StoreError`            the database itself is the problem: unreadable or foreign
-                               file, schema from the future, corrupt row, lost connection
+                               file, schema from the future, a row or the event log that
+                               fails authentication (tampered, replayed, rolled back),
+                               lost connection
+:class:`PolicyError`           the policy refuses: raw embeddings not enabled, weak
+                               token, missing or failed proof for revoke/reissue
+:class:`RateLimitedError`      too many failed attempts / calls in the policy's window
+:class:`ConflictError`         the subject changed since the expected version
 =============================  ====================================================
 """
 
@@ -57,3 +63,18 @@ class RevokedTemplateError(UnknownSubjectError):
 class StoreError(TemplateError, RuntimeError):
     """A database-level problem: unreadable or foreign file, schema newer than this code,
     corrupt row (checksum mismatch), failed connection."""
+
+
+class PolicyError(TemplateError, PermissionError):
+    """The service's policy refuses the request: raw embeddings where they are not enabled,
+    a token too weak to protect a template, a revoke or reissue without a valid proof."""
+
+
+class RateLimitedError(TemplateError):
+    """Too many attempts: failed verifications of one subject, or identification calls of
+    one client, within the policy's window. Nothing was compared."""
+
+
+class ConflictError(TemplateError):
+    """The subject changed since the version the caller expected (a concurrent reissue or
+    revocation won); nothing was written."""

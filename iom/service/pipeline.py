@@ -32,14 +32,35 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, hasher_name: str = DEFAULT_HASHER, align: bool = True) -> "Pipeline":
         """The shipped hasher ``models/<hasher_name>`` and its stage-1 model (nothing downloaded);
-        by default :data:`iom.defaults.DEFAULT_HASHER` on ``mobilefacenet_ms1m``."""
+        by default :data:`iom.defaults.DEFAULT_HASHER` on ``mobilefacenet_ms1m``.
+
+        Names (the hasher's, and the stage-1 model its spec names) are names, not paths: they
+        must match ``[A-Za-z0-9][A-Za-z0-9._-]*`` and resolve (symbolic links followed) to a
+        folder directly inside ``models/``; anything else is an :class:`InvalidInputError`
+        raised before any file is read."""
+        import re
+
         from arcface.embed import Embedder
         from arcface.models import load_pretrained
         from arcface.pretrained import MODELS_DIR
         from iom.hashing.hasher import DeepIoMHasher
 
-        hasher = DeepIoMHasher.load(os.path.join(MODELS_DIR, hasher_name))
-        cfg, backbone = load_pretrained(hasher.spec["stage1_model"])
+        def shipped_folder(name, what: str) -> str:
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise InvalidInputError(f"{what} {name!r:.80} is not a valid model name: a name under "
+                                        "models/ made of letters, digits, '.', '_' and '-' (no path)")
+            root = os.path.realpath(MODELS_DIR)
+            folder = os.path.realpath(os.path.join(root, name))
+            if os.path.dirname(folder) != root or not os.path.isdir(folder):
+                shipped = sorted(os.listdir(root)) if os.path.isdir(root) else []
+                raise InvalidInputError(f"{what} {name!r} is not a folder in {MODELS_DIR}; shipped: "
+                                        f"{', '.join(shipped) or 'none'}")
+            return folder
+
+        hasher = DeepIoMHasher.load(shipped_folder(hasher_name, "hasher"))
+        stage1 = hasher.spec.get("stage1_model")
+        shipped_folder(stage1, f"stage-1 model of hasher {hasher_name!r}")
+        cfg, backbone = load_pretrained(stage1)
         aligner = None
         if align:
             from arcface.align import FaceAligner

@@ -32,6 +32,7 @@ from typing import Any
 
 from iom.service.errors import StoreError
 from iom.service.store import TemplateStore
+from iom.service.stores import scrub_dsn
 
 try:
     import psycopg
@@ -63,13 +64,21 @@ class PostgresStore(TemplateStore):
         try:
             self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout)
         except psycopg.Error as e:
-            raise StoreError(f"cannot connect to PostgreSQL {self._where}: {e}") from e
+            # libpq echoes a malformed URI whole, password included: scrub the message, and
+            # chain nothing (a traceback would print the driver's own message)
+            raise StoreError(scrub_dsn(f"cannot connect to PostgreSQL {self._where}: {e}", dsn)) from None
 
         def configure():
             self._conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
             self._conn.execute("SET client_encoding = 'UTF8'")
 
-        self._open(configure, psycopg.Error, f"PostgreSQL {self._where}")
+        try:
+            self._open(configure, psycopg.Error, f"PostgreSQL {self._where}")
+        except StoreError as e:
+            message = scrub_dsn(str(e), dsn)
+            if message != str(e):
+                raise StoreError(message) from None
+            raise
 
     # ------------------------------------------------------------ hooks
     def _begin(self, write: bool, lock_keys: Sequence[str]) -> None:
@@ -112,4 +121,4 @@ def _describe_dsn(dsn: str) -> str:
         return "<unparsable DSN>"
     host = info.get("host") or info.get("hostaddr") or "localhost"
     port = info.get("port") or "5432"
-    return f"postgresql://{host}:{port}/{info.get('dbname') or ''}"
+    return scrub_dsn(f"postgresql://{host}:{port}/{info.get('dbname') or ''}", dsn)

@@ -1,58 +1,74 @@
 """The template service: enroll, verify, identify, revoke and reissue protected templates.
 
-Keys: each *verification* template has a key derived by HKDF-SHA256 from the user's token,
-the application secret and a fresh random 16-byte salt; the store keeps only that salt, the
-key version, the model identifier and the packed code — never the token, the secret, an
-embedding or a photo. *Identification* templates (optional) are all under one application
-key (HKDF over the secret alone), as open-set IoM identification needs one key per gallery.
-Several enrollment samples are fused at feature level (the normalised mean embedding) before
-hashing. Decision thresholds come from the calibration file written by
-``scripts/test_twostage_iom.py --calibration`` (a target FAR), never from a constant.
+Keys (:mod:`iom.service.template_keys`): a *verification* template is under a key derived
+from the user's token (stretched by scrypt), the application secret and a fresh 16-byte
+salt; an *identification* template is the code in the secret gallery space, relabelled by
+its own per-template key (the secret and a fresh salt), so every stored template is
+under a different key, renewed on reissue. Both keys bind the subject id, purpose, key
+version and model. The store keeps only salts, key versions, model ids and packed codes,
+each row authenticated by an HMAC under a key from the secret, with an HMAC-chained event
+log that makes a revocation rollback evident (:mod:`iom.service.store`).
+
+What a caller learns (:class:`~iom.service.policy.ServicePolicy`): by default decisions and
+ranks, never similarities; photos, never raw embeddings; a verification of an unknown or
+revoked subject is a rejection like any other (same type, same work); failed
+verifications of a subject are limited per time window and logged in the store; revoke
+and reissue need the current token with a matching face, or the administrator credential,
+and refuse to overwrite a change made meanwhile (:class:`~iom.service.errors.ConflictError`).
+
+Several enrollment samples are fused at feature level (the normalised mean embedding)
+before hashing. The 1:1 threshold comes from the hasher's calibration file (a target FAR);
+identification accepts at the 1:N threshold of the gallery's size (a target FPIR).
 """
 
 from __future__ import annotations
 
-import json
+import hmac
+import logging
 import os
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from iom.keys import TemplateKey
-from iom.service.errors import InvalidInputError, TemplateError
-from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_bytes
-from iom.service.store import TemplateRecord
+from iom.hashing.keying import CodeKeying
+from iom.service.calibration import identification_threshold, load_calibration
+from iom.service.errors import (InvalidInputError, PolicyError, RateLimitedError, TemplateError,
+                                UnknownSubjectError)
+from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_bytes, unpack_codes
+from iom.service.policy import ServicePolicy, check_token_strength
+from iom.service.store import TemplateRecord, check_subject_id
+from iom.service.template_keys import (admin_verifier, binding_context, gallery_key, identification_key,
+                                       key_version_for, row_key, scrypt_cost, verification_key)
 
-KEY_VERSION = 1
 SALT_BYTES = 16
 MAX_TOKEN_BYTES = 1024
-_IDENTIFY_SALT = b"iomface/identify"      # 16 bytes: the application key is one per secret
+ADMIN_SETTING = "admin_verifier"
+MAX_TRACKED_CLIENTS = 10_000      # past this, clients idle for a minute are forgotten
+audit_log = logging.getLogger("iomface.audit")
+audit_log.addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
 class Decision:
-    """A verification result."""
+    """A verification result; ``similarity`` and ``threshold`` only when the policy exposes scores."""
 
-    similarity: float
     accepted: bool
-    threshold: float
+    similarity: float | None = None
+    threshold: float | None = None
 
 
-def load_calibration(source, m: int, q: int) -> dict:
-    """A calibration dict (or its JSON file) for a hasher of size (m, q), checked."""
-    cal = source
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source) as f:
-                cal = json.load(f)
-        except (OSError, ValueError) as e:
-            raise InvalidInputError(f"calibration file {source}: {e}") from None
-    if not isinstance(cal, dict) or cal.get("threshold") is None:
-        raise InvalidInputError("calibration needs a 'threshold' (none was reachable at its FAR?)")
-    if (cal.get("m"), cal.get("q")) != (m, q):
-        raise InvalidInputError(f"calibration is for m={cal.get('m')}, q={cal.get('q')}, "
-                                f"the hasher is m={m}, q={q}")
-    return cal
+@dataclass(frozen=True)
+class Candidate:
+    """An identification candidate (best first, ``rank`` from 1); ``similarity`` only when
+    the policy exposes scores."""
+
+    subject_id: str
+    rank: int
+    accepted: bool
+    similarity: float | None = None
 
 
 def _token_bytes(token, what: str = "user_token") -> bytes:
@@ -66,11 +82,24 @@ def _token_bytes(token, what: str = "user_token") -> bytes:
 
 
 class TemplateService:
-    """Protected-template operations over a :class:`~iom.service.store.TemplateStore`."""
+    """Protected-template operations over a :class:`~iom.service.store.TemplateStore`.
 
-    def __init__(self, pipeline, store, app_secret, calibration=None, identification: bool = True):
+    ``app_secret`` derives every key and authenticates the store (it is never stored);
+    ``admin_secret`` (optional) configures the administrator credential that may revoke and
+    reissue without the user's proof — from the deployment's configuration, never from a
+    request; without it the credential set with :meth:`set_admin_credential` (kept in the
+    store as an authenticated HMAC verifier) is used; ``witness`` (optional) a file off the database's storage that
+    records the head of the event log, so a rollback of the whole database is detected by
+    processes started after it too.
+    """
+
+    def __init__(self, pipeline, store, app_secret, calibration=None, identification: bool = True,
+                 policy: ServicePolicy | None = None, admin_secret=None, witness=None):
         self.pipeline, self.store = pipeline, store
         self.secret = _token_bytes(app_secret, "app_secret")
+        self.policy = ServicePolicy() if policy is None else policy
+        if not isinstance(self.policy, ServicePolicy):
+            raise InvalidInputError(f"policy must be a ServicePolicy, got {type(self.policy).__name__}")
         hasher = pipeline.hasher
         self.m, self.q = hasher.m, hasher.q
         if calibration is None:
@@ -79,99 +108,258 @@ class TemplateService:
         self.calibration = load_calibration(calibration, self.m, self.q)
         self.threshold = float(self.calibration["threshold"])
         self.identification = identification
-        self._app_key = TemplateKey.derive(b"iomface-identification", self.secret, _IDENTIFY_SALT)
-        self._gallery = None
+        self.key_version = key_version_for(self.policy.scrypt_n)
+        self._gallery_key = gallery_key(self.secret)
+        store.authenticate(row_key(self.secret), witness)
+        self._admin = store.get_setting(ADMIN_SETTING) if admin_secret is None else \
+            admin_verifier(self.secret, _token_bytes(admin_secret, "admin_secret"))
+        self._gallery = None                    # (log head, PackedGallery, {template id: subject})
+        self._gallery_lock = threading.Lock()
+        self._calls: dict[tuple[str, str], deque] = {}      # call times per (operation, client)
+        self._calls_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ helpers
-    def _code(self, embedding: np.ndarray, key: TemplateKey) -> np.ndarray:
-        return self.pipeline.hasher.encode(embedding, key)
+    # ------------------------------------------------------------------ keys and codes
+    def _context(self, subject_id: str, purpose: str, key_version: int) -> bytes:
+        return binding_context(subject_id, purpose, key_version, self.pipeline.model_id)
+
+    def _verification_key(self, token: bytes, salt: bytes, subject_id: str, key_version: int):
+        try:
+            cost = scrypt_cost(key_version)
+        except ValueError as e:
+            raise TemplateError(f"template of {subject_id!r}: {e}") from None
+        return verification_key(token, self.secret, salt, self._context(subject_id, "verify", key_version), cost)
+
+    def _identification_keying(self, record: TemplateRecord) -> CodeKeying:
+        key = identification_key(self.secret, record.salt,
+                                 self._context(record.subject_id, "identify", record.key_version))
+        return CodeKeying(key, self.m, self.q)
+
+    def _gallery_code(self, embedding: np.ndarray) -> np.ndarray:
+        """Codes in the secret gallery space, where identification compares."""
+        return self.pipeline.hasher.encode(embedding, self._gallery_key)
 
     def _records(self, subject_id: str, embedding: np.ndarray, token: bytes, n: int) -> list[TemplateRecord]:
-        salt = os.urandom(SALT_BYTES)
-        key = TemplateKey.derive(token, self.secret, salt)
-        common = dict(subject_id=subject_id, key_version=KEY_VERSION, model_id=self.pipeline.model_id,
+        kv = self.key_version
+        common = dict(subject_id=subject_id, key_version=kv, model_id=self.pipeline.model_id,
                       m=self.m, q=self.q, n_photos=n)
-        records = [TemplateRecord(purpose="verify", salt=salt, code=self._pack(self._code(embedding, key)), **common)]
+        salt = os.urandom(SALT_BYTES)
+        code = self.pipeline.hasher.encode(embedding, self._verification_key(token, salt, subject_id, kv))
+        records = [TemplateRecord(purpose="verify", salt=salt, code=self._pack(code), **common)]
         if self.identification:
-            records.append(TemplateRecord(purpose="identify", salt=_IDENTIFY_SALT,
-                                          code=self._pack(self._code(embedding, self._app_key)), **common))
+            record = TemplateRecord(purpose="identify", salt=os.urandom(SALT_BYTES), code=b"", **common)
+            relabelled = self._identification_keying(record).apply(self._gallery_code(embedding))
+            records.append(TemplateRecord(purpose="identify", salt=record.salt, code=self._pack(relabelled),
+                                          **common))
         return records
 
     def _pack(self, code: np.ndarray) -> bytes:
         return to_bytes(pack_codes(code, self.q)[0])
 
+    def _unpack(self, record: TemplateRecord) -> np.ndarray:
+        try:
+            return unpack_codes(from_bytes(record.code, self.m, self.q)[None], self.m, self.q)
+        except ValueError as e:
+            raise TemplateError(f"stored template {record.template_id} is unreadable: {e}") from None
+
     def _sample(self, photos, embeddings):
+        if embeddings is not None and not self.policy.allow_embeddings:
+            raise PolicyError("this service takes photos, not raw embeddings "
+                              "(ServicePolicy(allow_embeddings=True) enables them for trusted callers)")
         return self.pipeline.fused_embedding(photos, embeddings)
 
     # ------------------------------------------------------------------ operations
     def enroll(self, subject_id: str, photos=None, embeddings=None, user_token=None) -> list[int]:
-        """Enroll a subject from photos or embeddings (fused); returns the template ids."""
-        token = _token_bytes(user_token)
+        """Enroll a subject from photos (or, if the policy allows, embeddings; several are
+        fused); returns the template ids."""
+        subject_id = check_subject_id(subject_id)
+        token = self._new_token(user_token, "user_token")
         embedding, n = self._sample(photos, embeddings)
         ids = self.store.enroll(self._records(subject_id, embedding, token, n))
-        self._gallery = None
+        audit_log.info("enroll subject=%r templates=%s", subject_id, ids)
         return ids
 
-    def verify(self, subject_id: str, probe=None, user_token=None, embedding=None) -> Decision:
-        """Compare a probe (photo or embedding) with the subject's template under the key of
-        ``user_token``; a wrong token gives an unrelated code (an impostor-like score)."""
+    def verify(self, subject_id: str, probe=None, user_token=None, embedding=None, client: str = "") -> Decision:
+        """Whether the probe (a photo; an embedding if the policy allows) matches the subject's
+        template under the key of ``user_token``. An unknown or revoked subject, a wrong
+        token and a different face are all one answer: not accepted. After
+        ``policy.max_failures`` rejections of a subject within ``policy.failure_window_s``,
+        :class:`RateLimitedError` until the window has passed."""
+        subject_id = check_subject_id(subject_id)
         token = _token_bytes(user_token)
-        record = self.store.active(subject_id).get("verify")
-        if record is None:
-            raise TemplateError(f"subject {subject_id!r} has no verification template")
-        self._check_model(record)
         x, _ = self._sample(None if probe is None else [probe], embedding)
-        code = self._code(x, TemplateKey.derive(token, self.secret, record.salt))
+        self._check_call_rate(client, "verify", self.policy.verify_per_minute)
+        self._check_failures(subject_id, client)
         try:
-            stored = from_bytes(record.code, self.m, self.q)
-        except ValueError as e:
-            raise TemplateError(f"stored template of {subject_id!r} is unreadable: {e}") from None
-        similarity = float(1.0 - int(count_mismatches(stored, pack_codes(code, self.q)[0])) / self.m)
-        return Decision(similarity, similarity >= self.threshold, self.threshold)
+            record = self.store.active(subject_id).get("verify")
+        except UnknownSubjectError:
+            record = None
+        if record is None:       # the same work as a real comparison, then a rejection
+            self.pipeline.hasher.encode(x, self._verification_key(token, os.urandom(SALT_BYTES), subject_id,
+                                                                  self.key_version))
+            similarity = 0.0
+        else:
+            self._check_model(record)
+            code = self.pipeline.hasher.encode(
+                x, self._verification_key(token, record.salt, subject_id, record.key_version))
+            try:
+                stored = from_bytes(record.code, self.m, self.q)
+            except ValueError as e:
+                raise TemplateError(f"stored template {record.template_id} is unreadable: {e}") from None
+            similarity = float(1.0 - int(count_mismatches(stored, pack_codes(code, self.q)[0])) / self.m)
+        accepted = similarity >= self.threshold
+        if not accepted:
+            self.store.record_attempt(subject_id, client, "verify", "rejected")
+            audit_log.warning("verify rejected subject=%r client=%r", subject_id, client)
+        if self.policy.expose_scores:
+            return Decision(accepted, similarity, self.threshold)
+        return Decision(accepted)
 
-    def identify(self, probe=None, top_k: int = 5, embedding=None) -> list[tuple[str, float, bool]]:
-        """The ``top_k`` enrolled subjects closest to the probe: (subject, similarity, accepted)."""
+    def identify(self, probe=None, top_k: int = 5, embedding=None, client: str = "") -> list[Candidate]:
+        """Enrolled subjects matching the probe, best first (at most ``top_k``).
+
+        By default only candidates accepted at the 1:N threshold for the gallery's size
+        (target FPIR ``policy.fpir``), without similarities; with ``expose_scores`` the
+        ``top_k`` closest with their similarity and decision."""
         if not self.identification:
             raise TemplateError("this service keeps no identification templates")
-        if not isinstance(top_k, int) or top_k < 1:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
         x, _ = self._sample(None if probe is None else [probe], embedding)
-        gallery, subjects = self._load_gallery()
-        hits = gallery.search(self._code(x, self._app_key)[0], top_k)
-        return [(subjects[tid], float(sim), bool(sim >= self.threshold)) for tid, sim in hits]
+        self._check_call_rate(client, "identify", self.policy.identify_per_minute)
+        gallery, subjects = self._current_gallery()
+        if not len(gallery):
+            return []
+        threshold = self.identification_threshold(len(gallery))
+        hits = gallery.search(self._gallery_code(x)[0], top_k)
+        out = [Candidate(subjects[tid], rank, bool(sim >= threshold),
+                         float(sim) if self.policy.expose_scores else None)
+               for rank, (tid, sim) in enumerate(hits, 1)]
+        return out if self.policy.expose_scores else [c for c in out if c.accepted]
 
-    def revoke(self, subject_id: str) -> int:
-        """Revoke every active template of the subject; revoked templates never match."""
-        n = self.store.revoke(subject_id)
-        self._gallery = None
+    def identification_threshold(self, gallery_size: int) -> float:
+        """The similarity a candidate needs in a gallery of ``gallery_size`` (FPIR policy);
+        :class:`TemplateError` when the calibration cannot bound that FPIR at that size
+        (identification then refuses rather than accept at an uncertified threshold)."""
+        try:
+            return identification_threshold(self.calibration, gallery_size, self.policy.fpir)
+        except InvalidInputError as e:
+            raise TemplateError(f"identification at policy fpir={self.policy.fpir:g}: {e}") from None
+
+    def revoke(self, subject_id: str, *, user_token=None, proof_photo=None, proof_embedding=None,
+               admin_secret=None, expected_version: int | None = None, client: str = "") -> int:
+        """Revoke every active template of the subject; needs the current token with a
+        matching face, or the administrator credential. :class:`ConflictError` if the
+        subject changed since ``expected_version`` (or since the proof was checked)."""
+        subject_id = check_subject_id(subject_id)
+        version = self._authorise(subject_id, user_token, proof_photo, proof_embedding, admin_secret, client)
+        n = self.store.revoke(subject_id, expected_version=version if expected_version is None
+                              else expected_version)
+        audit_log.info("revoke subject=%r templates=%d by=%s", subject_id, n,
+                       "admin" if admin_secret is not None else "user")
         return n
 
-    def reissue(self, subject_id: str, photos=None, new_token=None, embeddings=None) -> list[int]:
-        """Revoke the subject's templates and enroll new ones under a new token, atomically."""
-        token = _token_bytes(new_token, "new_token")
+    def reissue(self, subject_id: str, photos=None, new_token=None, embeddings=None, *, user_token=None,
+                proof_photo=None, proof_embedding=None, admin_secret=None,
+                expected_version: int | None = None, client: str = "") -> list[int]:
+        """Revoke the subject's templates and enroll new ones under ``new_token``, atomically;
+        the same proof as :meth:`revoke`."""
+        subject_id = check_subject_id(subject_id)
+        token = self._new_token(new_token, "new_token")
         embedding, n = self._sample(photos, embeddings)
-        ids = self.store.reissue(subject_id, self._records(subject_id, embedding, token, n))
-        self._gallery = None
+        version = self._authorise(subject_id, user_token, proof_photo, proof_embedding, admin_secret, client)
+        ids = self.store.reissue(subject_id, self._records(subject_id, embedding, token, n),
+                                 expected_version=version if expected_version is None else expected_version)
+        audit_log.info("reissue subject=%r templates=%s by=%s", subject_id, ids,
+                       "admin" if admin_secret is not None else "user")
         return ids
+
+    def set_admin_credential(self, new_secret, current_secret=None) -> None:
+        """Set the administrator credential kept in the store (its HMAC verifier under the
+        application secret). Replacing one needs the current credential."""
+        new = self._new_token(new_secret, "admin credential")
+        if self._admin is not None:
+            if current_secret is None or not hmac.compare_digest(
+                    admin_verifier(self.secret, _token_bytes(current_secret, "current admin credential")),
+                    self._admin):
+                self.store.record_attempt("", "", "admin", "refused")
+                raise PolicyError("replacing the administrator credential needs the current one")
+        verifier = admin_verifier(self.secret, new)
+        self.store.put_setting(ADMIN_SETTING, verifier)
+        self._admin = verifier
+        audit_log.info("administrator credential set")
 
     def list(self, include_revoked: bool = False) -> list[str]:
         return self.store.subjects(include_revoked)
 
     def get(self, subject_id: str) -> list[dict]:
-        """Metadata of the subject's templates (no codes)."""
+        """Metadata of the subject's templates (no codes, no salts), each with the subject's
+        current ``version`` (what ``expected_version`` refers to)."""
         return self.describe(self.store, subject_id)
 
     @staticmethod
     def describe(store, subject_id: str) -> list[dict]:
         """Metadata of a subject's templates in ``store`` (no codes, no salts)."""
+        history = store.history(subject_id)
+        version = store.version(subject_id)
         return [{"template_id": r.template_id, "purpose": r.purpose, "model_id": r.model_id,
                  "key_version": r.key_version, "m": r.m, "q": r.q, "n_photos": r.n_photos,
-                 "created_at": r.created_at, "revoked_at": r.revoked_at}
-                for r in store.history(subject_id)]
+                 "created_at": r.created_at, "revoked_at": r.revoked_at, "version": version}
+                for r in history]
 
     def refresh(self) -> None:
-        """Forget the cached identification gallery (see changes made by other processes)."""
-        self._gallery = None
+        """Forget the identification gallery (rebuilt from the store on the next identify;
+        changes of other processes are picked up anyway from the event log)."""
+        with self._gallery_lock:
+            self._gallery = None
+
+    # ------------------------------------------------------------------ policy
+    def _new_token(self, token, what: str) -> bytes:
+        token = _token_bytes(token, what)
+        check_token_strength(token, self.policy.min_token_bits, what)
+        return token
+
+    def _check_failures(self, subject_id: str, client: str) -> None:
+        failures = self.store.count_attempts(subject_id, "verify", self.policy.failure_window_s)
+        if failures >= self.policy.max_failures:
+            self.store.record_attempt(subject_id, client, "rate-limited", "refused")
+            audit_log.warning("verify refused (rate limit) subject=%r client=%r", subject_id, client)
+            raise RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later")
+
+    def _check_call_rate(self, client: str, op: str, per_minute: int) -> None:
+        """At most ``per_minute`` calls of ``op`` per client in any 60 s (this service object)."""
+        now = time.monotonic()
+        with self._calls_lock:
+            if len(self._calls) > MAX_TRACKED_CLIENTS:       # forget clients idle for a minute
+                self._calls = {k: v for k, v in self._calls.items() if v and now - v[-1] <= 60.0}
+            calls = self._calls.setdefault((op, str(client)), deque())
+            while calls and now - calls[0] > 60.0:
+                calls.popleft()
+            limited = len(calls) >= per_minute
+            if not limited:
+                calls.append(now)
+        if limited:
+            self.store.record_attempt("", client, op, "rate-limited")
+            audit_log.warning("%s refused (rate limit) client=%r", op, client)
+            raise RateLimitedError(f"client {client!r} made {per_minute} {op} calls in the last minute: "
+                                   "try again later")
+
+    def _authorise(self, subject_id: str, user_token, proof_photo, proof_embedding, admin_secret,
+                   client: str) -> int:
+        """The subject's version once the caller proved the right to change it."""
+        if admin_secret is not None:
+            given = admin_verifier(self.secret, _token_bytes(admin_secret, "admin_secret"))
+            if self._admin is None or not hmac.compare_digest(given, self._admin):
+                self.store.record_attempt(subject_id, client, "admin", "refused")
+                audit_log.warning("administrator credential refused subject=%r client=%r", subject_id, client)
+                raise PolicyError("administrator credential refused")
+            return self.store.version(subject_id)
+        if user_token is None or (proof_photo is None and proof_embedding is None):
+            raise PolicyError("revoke and reissue need the current token with a matching face "
+                              "(user_token and proof_photo), or the administrator credential")
+        version = self.store.version(subject_id)
+        if not self.verify(subject_id, proof_photo, user_token, proof_embedding, client).accepted:
+            raise PolicyError(f"proof refused: the token and face do not match {subject_id!r}")
+        return version
 
     # ------------------------------------------------------------------ internals
     def _check_model(self, record: TemplateRecord) -> None:
@@ -179,14 +367,41 @@ class TemplateService:
             raise TemplateError(f"template of {record.subject_id!r} was made by model {record.model_id!r} "
                                 f"(m={record.m}, q={record.q}); this service runs {self.pipeline.model_id!r}")
 
-    def _load_gallery(self):
-        if self._gallery is None:
-            from iom.service.search import PackedGallery
+    def _gallery_entries(self, records: list[TemplateRecord]) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Ids, gallery-space codes and subjects of identification records of this model."""
+        keep = [r for r in records if r.purpose == "identify" and r.active
+                and r.model_id == self.pipeline.model_id and (r.m, r.q) == (self.m, self.q)]
+        if not keep:
+            return np.zeros(0, np.int64), np.zeros((0, self.m), np.uint8), {}
+        codes = np.concatenate([self._identification_keying(r).invert(self._unpack(r)) for r in keep])
+        return (np.asarray([r.template_id for r in keep], np.int64), codes,
+                {r.template_id: r.subject_id for r in keep})
 
-            ids, subjects, codes = self.store.identify_gallery(self.pipeline.model_id)
-            gallery = PackedGallery(self.m, self.q)
-            if ids:
-                gallery.add_packed(np.asarray(ids, np.int64),
-                                   np.stack([from_bytes(c, self.m, self.q) for c in codes]))
-            self._gallery = (gallery, dict(zip(ids, subjects)))
-        return self._gallery
+    def _current_gallery(self):
+        """The gallery, brought up to date with the event log (other processes' changes included)."""
+        from iom.service.search import PackedGallery
+
+        with self._gallery_lock:
+            head = self.store.head()
+            if self._gallery is None:
+                head, records = self.store.identify_gallery(self.pipeline.model_id)
+                gallery = PackedGallery(self.m, self.q)
+                ids, codes, subjects = self._gallery_entries(records)
+                if len(ids):
+                    gallery.add(ids, codes)
+                self._gallery = (head, gallery, subjects)
+            elif head != self._gallery[0]:
+                seen, gallery, subjects = self._gallery
+                events = self.store.events_since(seen)
+                gone = {i for e in events for i in e.revoked_ids if i in subjects}
+                if gone:
+                    gallery.remove(np.asarray(sorted(gone), np.int64))
+                    for i in gone:
+                        subjects.pop(i)
+                new = [i for e in events for i in e.new_ids]
+                ids, codes, added = self._gallery_entries(self.store.templates(new) if new else [])
+                if len(ids):
+                    gallery.add(ids, codes)
+                    subjects.update(added)
+                self._gallery = (events[-1].seq if events else head, gallery, subjects)
+            return self._gallery[1], self._gallery[2]

@@ -14,12 +14,26 @@ Settings, and why:
 
 Several processes (e.g. worker processes of one server) may share a file on a local disk;
 for several machines use :class:`~iom.service.postgres_store.PostgresStore`.
+
+File modes. The templates are protected, but the database still deserves owner-only access
+(it lists who is enrolled, and a writable file can be tampered with): a missing folder (and
+each missing parent) is created mode 0700, and a new database file is created empty, mode
+0600, *before* SQLite opens it. SQLite creates the ``-wal`` and ``-shm`` files with the mode
+of the database file, so they are 0600 too (tested). An existing database file keeps its
+mode — the operator may share it with a service group on purpose, and a library silently
+changing modes breaks such set-ups — but opening it emits an
+:class:`InsecureFileModeWarning` naming each of the file, ``-wal`` and ``-shm`` that group or
+others can read or write, with the ``chmod 600`` that fixes it.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import sqlite3
+import stat
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +44,56 @@ from iom.service.store import TemplateStore
 DEFAULT_BUSY_TIMEOUT = 30.0
 
 
+class InsecureFileModeWarning(UserWarning):
+    """An existing database file (or its -wal/-shm) is readable or writable by group or
+    others; the store leaves its mode alone (see :mod:`iom.service.sqlite_store`)."""
+
+
+def _make_private_folder(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each mode 0700 (existing ones are left as
+    they are)."""
+    missing = []
+    for d in [folder, *folder.parents]:
+        if d.exists():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:       # created meanwhile by another process: not ours to chmod
+            continue
+        os.chmod(d, 0o700)            # exactly 0700 whatever the umask
+
+
+def _create_private_file(path: Path) -> None:
+    """Create an empty database file mode 0600 before SQLite opens it (SQLite then gives its
+    -wal and -shm files the same mode); warn if an existing one is open to group/other."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        loose = {}
+        for p in (str(path), f"{path}-wal", f"{path}-shm"):
+            try:
+                mode = os.stat(p).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(mode) and mode & 0o077:
+                loose[p] = stat.S_IMODE(mode)
+        if loose:
+            warnings.warn("template database file(s) readable or writable by group or others: "
+                          + ", ".join(f"{p} ({mode:04o})" for p, mode in loose.items())
+                          + "; left as they are; unless that is intended, run: chmod 600 "
+                          + " ".join(map(shlex.quote, loose)), InsecureFileModeWarning, stacklevel=3)
+        return
+    try:
+        os.fchmod(fd, 0o600)          # exactly 0600 whatever the umask
+    finally:
+        os.close(fd)
+
+
 class SQLiteStore(TemplateStore):
-    """Templates in the SQLite file ``path`` (created, with its folder, if absent).
+    """Templates in the SQLite file ``path`` (created, with its folder, if absent: a missing
+    folder is created 0700 and a new database file 0600, so its -wal/-shm are 0600 too).
 
     ``busy_timeout``: seconds a write waits for another process's write lock before
     :class:`~iom.service.errors.StoreError`.
@@ -46,9 +108,10 @@ class SQLiteStore(TemplateStore):
         if str(path) == ":memory:" or str(path).startswith("file:"):
             raise StoreError("SQLiteStore needs a file path (in-memory and URI databases are not supported)")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private_folder(self.path.parent)
             if self.path.is_dir():
                 raise StoreError(f"{self.path} is a folder, not a SQLite database file")
+            _create_private_file(self.path)
             self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None,
                                          check_same_thread=False)
         except (OSError, sqlite3.Error) as e:

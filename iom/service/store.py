@@ -12,16 +12,16 @@ Two back ends behind one interface, :class:`TemplateStore`:
   ``synchronous=FULL``, writers serialised by ``BEGIN IMMEDIATE`` with a busy timeout, so
   several processes may share a file; a process killed mid-write leaves no trace.
 * :class:`~iom.service.postgres_store.PostgresStore`: for deployments with several
-  application servers; writers of one subject serialised by a transaction-scoped advisory
-  lock.
+  application servers; writers serialised by transaction-scoped advisory locks (one per
+  subject, and one for the event log, which needs a single order of changes).
 
-:func:`open_store` picks one from a URL (``sqlite:///path``, a plain path, or
-``postgresql://...``).
+:func:`iom.service.stores.open_store` picks one from a URL (``sqlite:///path``, a plain
+path, or ``postgresql://...``).
 
 Every operation is one transaction: it happens completely or not at all, and every error
 bad input can trigger (:mod:`iom.service.errors`) leaves the store unchanged.
 
-Schema (version 1)::
+Schema (version 2)::
 
     schema_info(version INTEGER NOT NULL)                        -- one row
     templates(template_id  INTEGER PRIMARY KEY / BIGSERIAL,
@@ -30,13 +30,29 @@ Schema (version 1)::
               created_at TEXT, revoked_at TEXT NULL, checksum BLOB/BYTEA)   -- all NOT NULL
                                                                             -- but revoked_at
     UNIQUE INDEX templates_one_active ON templates(subject_id, purpose) WHERE revoked_at IS NULL
+    events(seq BIGINT PRIMARY KEY, subject_id TEXT, op TEXT, revoked_ids TEXT, new_ids TEXT,
+           at TEXT, mac BLOB/BYTEA)                              -- version 2: the change log
+    attempts(attempt_id, subject_id TEXT, client TEXT, op TEXT, outcome TEXT, at TEXT)
 
 The partial unique index is what makes two active templates of one purpose for one subject
 impossible, even under concurrency. Timestamps are UTC ISO-8601 strings
-(``2025-01-31T12:00:00.000000+00:00``). ``checksum`` is SHA-256 over a canonical,
-length-prefixed encoding of every other column (:func:`record_checksum`); it is recomputed
-on revocation and verified whenever a template is read (a mismatch is a
-:class:`~iom.service.errors.StoreError` naming the template id).
+(``2025-01-31T12:00:00.000000+00:00``). Subject ids are compared in NFC and lookalike ids are
+refused (:func:`check_subject_id`).
+
+Authentication. ``checksum`` is an HMAC-SHA256 over a canonical, length-prefixed encoding of
+every other column (:func:`record_checksum`), under the key given to :meth:`TemplateStore.authenticate`
+(the service derives it from the application secret); it is recomputed on revocation and
+verified whenever a template is read (a mismatch is a :class:`~iom.service.errors.StoreError`
+naming the template id). Without a key the store uses :data:`PUBLIC_ROW_KEY`, which detects
+corruption, not forgery. Every enrolment, revocation and reissue appends an entry to
+``events`` whose MAC chains to the previous one (:func:`event_mac`); the store verifies the
+new entries at each transaction, so an edited or truncated log, or a row that is active
+although the log revoked it (a replayed old row), is a ``StoreError``. A rollback of the
+whole database to an earlier consistent state is noticed by a process that saw the later
+log, and, with a *witness* file kept off the database's storage, by any process.
+A subject's *version* is the sequence number of its latest log entry; ``revoke`` and
+``reissue`` take an ``expected_version`` and raise :class:`~iom.service.errors.ConflictError`
+when it moved. ``attempts`` records failed and refused attempts for rate limits and audit.
 
 Migrations: :data:`MIGRATIONS` is an ordered list ``[(version, [sql, ...]), ...]``; opening
 an older database applies the missing ones, each in its own transaction together with the
@@ -51,15 +67,18 @@ import abc
 import contextlib
 import dataclasses
 import hashlib
+import hmac
+import os
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
-                                StoreError, UnknownSubjectError)
+from iom.service.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError,
+                                RevokedTemplateError, StoreError, UnknownSubjectError)
 
 #: purposes a template may have: "verify" (under the user's key), "identify" (application key)
 PURPOSES = ("verify", "identify")
@@ -91,6 +110,33 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX templates_identify ON templates (model_id, template_id) "
         "WHERE revoked_at IS NULL AND purpose = 'identify'",
     ]),
+    (2, [
+        # the append-only, HMAC-chained log of every enrolment, revocation and reissue
+        """CREATE TABLE events (
+            seq BIGINT PRIMARY KEY,
+            subject_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            revoked_ids TEXT NOT NULL,
+            new_ids TEXT NOT NULL,
+            at TEXT NOT NULL,
+            mac {blob} NOT NULL)""",
+        "CREATE INDEX events_by_subject ON events (subject_id, seq)",
+        # failed and refused attempts (verification failures, rate-limit hits, failed proofs)
+        """CREATE TABLE attempts (
+            attempt_id {id_pk},
+            subject_id TEXT NOT NULL,
+            client TEXT NOT NULL,
+            op TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            at TEXT NOT NULL)""",
+        "CREATE INDEX attempts_by_subject ON attempts (subject_id, op, at)",
+        # service settings (the administrator verifier), each authenticated and logged
+        """CREATE TABLE settings (
+            name TEXT PRIMARY KEY,
+            value {blob} NOT NULL,
+            seq BIGINT NOT NULL,
+            mac {blob} NOT NULL)""",
+    ]),
 ]
 
 # columns of a template row, in the order SELECTs return them and the checksum covers them
@@ -99,7 +145,15 @@ COLUMNS = ("template_id", "subject_id", "purpose", "code", "salt", "key_version"
 _SELECT = f"SELECT {', '.join(COLUMNS)}, checksum FROM templates"
 _INSERT = ("INSERT INTO templates (subject_id, purpose, code, salt, key_version, model_id, m, q, "
            "n_photos, created_at, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING template_id")
-_CHECKSUM_DOMAIN = b"iomface.template.v1\x00"
+_CHECKSUM_DOMAIN = b"iomface.template.v2\x00"
+_EVENT_DOMAIN = b"iomface.event.v2\x00"
+#: the MAC key of a store nobody authenticated (:meth:`TemplateStore.authenticate`): it
+#: detects corruption but not forgery, since everyone knows it
+PUBLIC_ROW_KEY = b"iomface.public-row-key"
+EVENT_OPS = ("enroll", "revoke", "reissue", "setting")
+_SETTING_DOMAIN = b"iomface.setting.v2\x00"
+#: attempts older than this are pruned when new ones are written
+ATTEMPT_RETENTION_S = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -146,9 +200,44 @@ def _check_text(value: Any, field: str, what: str = "") -> str:
     return value
 
 
+#: scripts that may share one subject id (Japanese and Korean mix them legitimately)
+_SCRIPT_GROUPS = ({"CJK", "HIRAGANA", "KATAKANA"}, {"CJK", "HANGUL"})
+
+
+def _script(c: str) -> str:
+    """The script of a letter: the first word of its Unicode name (LATIN, CYRILLIC, ...)."""
+    return unicodedata.name(c, "UNKNOWN").split(" ")[0]
+
+
 def check_subject_id(subject_id: Any) -> str:
-    """``subject_id`` if it is a valid subject id, else :class:`InvalidInputError`."""
-    return _check_text(subject_id, "subject_id")
+    """The canonical form of a subject id, or :class:`InvalidInputError` naming the problem.
+
+    Ids are compared in Unicode NFC, so composed and decomposed spellings are one subject.
+    Refused, because they make two ids that look alike: invisible format characters
+    (zero-width space, bidirectional overrides), separators other than the ASCII space,
+    leading or trailing space, compatibility forms (full-width letters, ligatures,
+    super- and subscripts: NFKC would change them) and letters of several scripts in one
+    id (``аlice`` with a Cyrillic ``а``). Ids written entirely in another script that merely
+    resemble a Latin id (whole-script confusables) are not detected.
+    """
+    value = _check_text(subject_id, "subject_id")
+    value = unicodedata.normalize("NFC", value)
+    for c in value:
+        category = unicodedata.category(c)
+        if category in ("Cf", "Cs", "Co", "Cn", "Zl", "Zp") or (category == "Zs" and c != " "):
+            raise InvalidInputError(f"subject_id {value!r:.80} contains the invisible or separator "
+                                    f"character U+{ord(c):04X} ({unicodedata.name(c, category)})")
+    if value != value.strip():
+        raise InvalidInputError(f"subject_id {value!r:.80} starts or ends with a space")
+    if unicodedata.normalize("NFKC", value) != value:
+        raise InvalidInputError(f"subject_id {value!r:.80} contains compatibility characters "
+                                f"(full-width forms, ligatures, super/subscripts); write "
+                                f"{unicodedata.normalize('NFKC', value)!r:.80} instead")
+    scripts = {_script(c) for c in value if unicodedata.category(c).startswith("L")}
+    if len(scripts) > 1 and not any(scripts <= group for group in _SCRIPT_GROUPS):
+        raise InvalidInputError(f"subject_id {value!r:.80} mixes letters of several scripts "
+                                f"({', '.join(sorted(scripts))}): ids that look alike must be one id")
+    return value
 
 
 def _check_int(value: Any, field: str, lo: int, hi: int, what: str) -> int:
@@ -168,7 +257,7 @@ def validate_record(record: Any) -> TemplateRecord:
     cleared), or :class:`InvalidInputError` naming the bad field."""
     if not isinstance(record, TemplateRecord):
         raise InvalidInputError(f"expected a TemplateRecord, got {type(record).__name__}")
-    subject_id = _check_text(record.subject_id, "subject_id")
+    subject_id = check_subject_id(record.subject_id)
     what = f" of subject {subject_id!r}"
     if record.purpose not in PURPOSES:
         raise InvalidInputError(f"purpose{what} must be one of {PURPOSES}, got {record.purpose!r:.80}")
@@ -220,10 +309,12 @@ def _encode_field(value: Any) -> bytes:
     return tag + len(data).to_bytes(8, "big") + data
 
 
-def record_checksum(record: TemplateRecord) -> bytes:
-    """SHA-256 over the canonical encoding of every column of the row (:data:`COLUMNS`, in
-    that order; each value typed and length-prefixed), template id and revocation included."""
-    h = hashlib.sha256(_CHECKSUM_DOMAIN)
+def record_checksum(record: TemplateRecord, key: bytes = PUBLIC_ROW_KEY) -> bytes:
+    """HMAC-SHA256 under ``key`` over the canonical encoding of every column of the row
+    (:data:`COLUMNS`, in that order; each value typed and length-prefixed), template id and
+    revocation included. Under the service's secret-derived key it authenticates the row;
+    under :data:`PUBLIC_ROW_KEY` it only detects corruption."""
+    h = hmac.new(key, _CHECKSUM_DOMAIN, hashlib.sha256)
     h.update(len(COLUMNS).to_bytes(4, "big"))
     for name in COLUMNS:
         h.update(_encode_field(name))
@@ -231,22 +322,45 @@ def record_checksum(record: TemplateRecord) -> bytes:
     return h.digest()
 
 
+@dataclass(frozen=True)
+class Event:
+    """One entry of the event log: an enrolment, revocation or reissue of a subject."""
+
+    seq: int
+    subject_id: str
+    op: str
+    revoked_ids: tuple[int, ...]
+    new_ids: tuple[int, ...]
+    at: str
+    mac: bytes = b""
+
+    def row(self) -> tuple:
+        return (self.seq, self.subject_id, self.op, _ids_text(self.revoked_ids),
+                _ids_text(self.new_ids), self.at, self.mac)
+
+
+def _ids_text(ids: Sequence[int]) -> str:
+    return ",".join(str(int(i)) for i in ids)
+
+
+def _ids_parse(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(",")) if text else ()
+
+
+def event_mac(event: Event, previous_mac: bytes, key: bytes = PUBLIC_ROW_KEY) -> bytes:
+    """HMAC-SHA256 of an event chained to the MAC of the event before it (``b""`` for the
+    first): removing, reordering or editing an entry breaks every MAC after it."""
+    h = hmac.new(key, _EVENT_DOMAIN, hashlib.sha256)
+    h.update(_encode_field(previous_mac))
+    for value in (event.seq, event.subject_id, event.op, _ids_text(event.revoked_ids),
+                  _ids_text(event.new_ids), event.at):
+        h.update(_encode_field(value))
+    return h.digest()
+
+
 def utc_now() -> str:
     """The current UTC time, ISO-8601 with microseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _record_from_row(row: Sequence[Any]) -> TemplateRecord:
-    """A record from a ``_SELECT`` row, after checking its checksum."""
-    values = [bytes(v) if isinstance(v, (bytearray, memoryview)) else v for v in row]
-    record = TemplateRecord(**dict(zip(COLUMNS, values[:-1])))
-    try:
-        ok = record_checksum(record) == values[-1]
-    except TypeError:
-        ok = False
-    if not ok:
-        raise StoreError(f"template {record.template_id} is corrupt (checksum mismatch)")
-    return record
 
 
 def _sort_key(row: Sequence[Any]) -> tuple:
@@ -271,6 +385,43 @@ class TemplateStore(abc.ABC):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._closed = False
+        self._row_key = PUBLIC_ROW_KEY
+        self._witness: Path | None = None
+        self._reset_log_state()
+
+    def _reset_log_state(self) -> None:
+        # what this store object has verified of the event log: its head, the templates it
+        # revoked, and the head a pending write transaction will move to once committed
+        self._head: tuple[int, bytes] = (0, b"")
+        self._revoked: set[int] = set()
+        self._pending: tuple[tuple[int, bytes], set[int]] | None = None
+        self._synced = False
+        self._migrating = False
+
+    # ------------------------------------------------------------ authentication
+    def authenticate(self, row_key: bytes, witness: str | Path | None = None) -> None:
+        """Authenticate rows and the event log with ``row_key`` (HMAC) from now on.
+
+        ``witness``: a file (on storage a database attacker cannot write) where the head of
+        the event log is recorded, so that a rollback of the whole database is detected even
+        by a process that starts after it. Without it, only a running process notices.
+        Calling again with another key is an :class:`InvalidInputError`.
+        """
+        if not isinstance(row_key, bytes) or len(row_key) < 16:
+            raise InvalidInputError("row_key must be at least 16 bytes")
+        with self._lock:
+            if self._row_key != PUBLIC_ROW_KEY and not hmac.compare_digest(self._row_key, row_key):
+                raise InvalidInputError(f"store {self.location()} is already authenticated with another key")
+            self._row_key = row_key
+            self._witness = None if witness is None else Path(witness)
+            self._reset_log_state()
+            with self._transaction(write=False):
+                self._check_witness()
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether rows are checked with a secret key (not just for corruption)."""
+        return self._row_key != PUBLIC_ROW_KEY
 
     # ------------------------------------------------------------ back-end hooks
     @abc.abstractmethod
@@ -331,14 +482,21 @@ class TemplateStore(abc.ABC):
             if self._closed:
                 raise StoreError(f"store {self.location()} is closed")
             try:
-                self._begin(write, lock_keys)
+                self._begin(write, [*lock_keys, "\x00events"] if write else lock_keys)
             except self.DB_ERROR as e:
                 self._try_rollback()
                 raise StoreError(f"{self.location()}: cannot start a transaction: {e}") from e
+            self._pending = None
             try:
+                # an authenticated store verifies the log on every transaction (a schema without
+                # the log table is a StoreError: it was dropped); one with the public key (tools,
+                # store tests) only where it appends to it
+                if (write or self.authenticated) and not self._migrating:
+                    self._sync_events()
                 yield
             except BaseException as exc:
                 self._try_rollback()
+                self._pending = None
                 if isinstance(exc, self.DB_ERROR):
                     raise StoreError(f"{self.location()}: {exc}") from exc
                 raise
@@ -346,7 +504,13 @@ class TemplateStore(abc.ABC):
                 self._commit()
             except self.DB_ERROR as e:
                 self._try_rollback()
+                self._pending = None
                 raise StoreError(f"{self.location()}: commit failed: {e}") from e
+            if self._pending is not None:
+                self._head, revoked = self._pending
+                self._revoked |= revoked
+                self._pending = None
+                self._write_witness()
 
     def _try_rollback(self) -> None:
         try:
@@ -378,6 +542,13 @@ class TemplateStore(abc.ABC):
 
     def _migrate(self) -> None:
         """Bring the schema to the latest version, one transaction a migration."""
+        self._migrating = True
+        try:
+            self._apply_migrations()
+        finally:
+            self._migrating = False
+
+    def _apply_migrations(self) -> None:
         migrations = self._migrations()
         latest = len(migrations)
         with self._transaction(write=False):
@@ -405,11 +576,107 @@ class TemplateStore(abc.ABC):
                 self._exec("DELETE FROM schema_info")
                 self._exec("INSERT INTO schema_info (version) VALUES (?)", (target,))
 
+    # ------------------------------------------------------------ the event log
+    def _event_from_row(self, row: Sequence[Any]) -> Event:
+        seq, subject_id, op, revoked, new, at, mac = row
+        return Event(int(seq), subject_id, op, _ids_parse(revoked), _ids_parse(new), at, bytes(mac))
+
+    def _sync_events(self) -> None:
+        """Verify the log entries written since this object last looked (inside a
+        transaction): the known head must still be there, unchanged, and every new entry
+        must continue the MAC chain. A failure is a :class:`StoreError`: the database was
+        rolled back or its log edited."""
+        seq, mac = self._pending[0] if self._pending else self._head
+        if seq:
+            rows = self._exec("SELECT mac FROM events WHERE seq = ?", (seq,))
+            if not rows or not hmac.compare_digest(bytes(rows[0][0]), mac):
+                raise StoreError(f"{self.location()}: the event log no longer holds entry {seq} as it was: "
+                                 "the database was rolled back or its log was edited")
+        rows = self._exec("SELECT seq, subject_id, op, revoked_ids, new_ids, at, mac FROM events "
+                          "WHERE seq > ? ORDER BY seq", (seq,))
+        revoked: set[int] = set()
+        for row in rows:
+            event = self._event_from_row(row)
+            if event.seq != seq + 1 or event.op not in EVENT_OPS or \
+                    not hmac.compare_digest(event_mac(event, mac, self._row_key), event.mac):
+                raise StoreError(f"{self.location()}: event {event.seq} of the log fails authentication "
+                                 "(edited, removed or inserted entries)")
+            seq, mac = event.seq, event.mac
+            revoked.update(event.revoked_ids)
+        self._head = (seq, mac)
+        self._revoked |= revoked
+        self._synced = True
+
+    def _append_event(self, subject_id: str, op: str, revoked_ids: Sequence[int],
+                      new_ids: Sequence[int]) -> None:
+        """Add an entry to the log (inside the write transaction that made the change); the
+        head moves when the transaction commits."""
+        (seq, mac), revoked = self._pending or (self._head, set())
+        event = Event(seq + 1, subject_id, op, tuple(revoked_ids), tuple(new_ids), utc_now())
+        event = dataclasses.replace(event, mac=event_mac(event, mac, self._row_key))
+        self._exec("INSERT INTO events (seq, subject_id, op, revoked_ids, new_ids, at, mac) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", event.row())
+        self._pending = ((event.seq, event.mac), revoked | set(revoked_ids))
+
+    def _check_witness(self) -> None:
+        """The log must still hold the entry the witness file recorded (inside a transaction)."""
+        if self._witness is None or not self._witness.exists():
+            return
+        try:
+            seq_text, mac_hex = self._witness.read_text().split()
+            seq, mac = int(seq_text), bytes.fromhex(mac_hex)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"witness file {self._witness} is unreadable: {e}") from None
+        if seq > self._head[0]:
+            raise StoreError(f"{self.location()}: the event log ends at entry {self._head[0]} but the witness "
+                             f"{self._witness} recorded entry {seq}: the database was rolled back (if it was "
+                             "replaced on purpose, delete the witness file)")
+        rows = self._exec("SELECT mac FROM events WHERE seq = ?", (seq,)) if seq else [(b"",)]
+        if not rows or not hmac.compare_digest(bytes(rows[0][0]), mac):
+            raise StoreError(f"{self.location()}: entry {seq} of the event log differs from the one the "
+                             f"witness {self._witness} recorded: the database was rolled back or replaced "
+                             "(if it was replaced on purpose, delete the witness file)")
+
+    def _write_witness(self) -> None:
+        """Record the head in the witness file (atomically, mode 0600) if it moved forward."""
+        if self._witness is None:
+            return
+        seq, mac = self._head
+        try:
+            old = int(self._witness.read_text().split()[0]) if self._witness.exists() else -1
+        except (OSError, ValueError, IndexError):
+            old = -1
+        if seq <= old:
+            return
+        tmp = self._witness.with_name(f".{self._witness.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{seq} {mac.hex()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._witness)
+
     # ------------------------------------------------------------ internals
+    def _record_from_row(self, row: Sequence[Any]) -> TemplateRecord:
+        """A record from a ``_SELECT`` row, after authenticating it: its MAC, and that the log
+        has not revoked a template the row calls active (a replayed row)."""
+        values = [bytes(v) if isinstance(v, (bytearray, memoryview)) else v for v in row]
+        record = TemplateRecord(**dict(zip(COLUMNS, values[:-1])))
+        try:
+            ok = hmac.compare_digest(record_checksum(record, self._row_key), values[-1])
+        except TypeError:
+            ok = False
+        if not ok:
+            raise StoreError(f"template {record.template_id} is corrupt or forged (its MAC does not match)")
+        if record.active and record.template_id in self._revoked:
+            raise StoreError(f"template {record.template_id} was revoked (event log) but its row is active: "
+                             "a replayed or rolled-back row")
+        return record
+
     def _active_rows(self, subject_id: str) -> list[TemplateRecord]:
         rows = self._exec(f"{_SELECT} WHERE subject_id = ? AND revoked_at IS NULL ORDER BY template_id",
                           (subject_id,))
-        return [_record_from_row(r) for r in rows]
+        return [self._record_from_row(r) for r in rows]
 
     def _no_active(self, subject_id: str) -> UnknownSubjectError:
         """The error for a subject without active templates: revoked, or never enrolled."""
@@ -437,7 +704,7 @@ class TemplateStore(abc.ABC):
                 raise
             stored = dataclasses.replace(rec, template_id=int(tid), created_at=now)
             self._exec("UPDATE templates SET checksum = ? WHERE template_id = ?",
-                       (record_checksum(stored), int(tid)))
+                       (record_checksum(stored, self._row_key), int(tid)))
             ids.append(int(tid))
         return ids
 
@@ -447,7 +714,7 @@ class TemplateStore(abc.ABC):
             revoked = dataclasses.replace(rec, revoked_at=now)
             self._exec("UPDATE templates SET revoked_at = ?, checksum = ? "
                        "WHERE template_id = ? AND revoked_at IS NULL",
-                       (now, record_checksum(revoked), rec.template_id))
+                       (now, record_checksum(revoked, self._row_key), rec.template_id))
 
     # ------------------------------------------------------------ operations
     def enroll(self, records: Sequence[TemplateRecord]) -> list[int]:
@@ -463,7 +730,9 @@ class TemplateStore(abc.ABC):
                 raise DuplicateEnrollmentError(
                     f"subject {subject_id!r} already has an active {' and '.join(map(repr, taken))} "
                     f"template (revoke or reissue it instead)", subject_id)
-            return self._insert(records)
+            ids = self._insert(records)
+            self._append_event(subject_id, "enroll", (), ids)
+            return ids
 
     def active(self, subject_id: str) -> dict[str, TemplateRecord]:
         """The subject's active templates, purpose → record. :class:`UnknownSubjectError`
@@ -475,28 +744,140 @@ class TemplateStore(abc.ABC):
                 raise self._no_active(subject_id)
         return {r.purpose: r for r in rows}
 
-    def revoke(self, subject_id: str) -> int:
+    def _expect_version(self, subject_id: str, expected_version: int | None) -> None:
+        if expected_version is not None:
+            version = self._version(subject_id)
+            if version != expected_version:
+                raise ConflictError(f"subject {subject_id!r} is at version {version}, not the expected "
+                                    f"{expected_version}: it changed meanwhile; nothing was written")
+
+    def revoke(self, subject_id: str, expected_version: int | None = None) -> int:
         """Mark every active template of the subject revoked; how many.
-        :class:`UnknownSubjectError` if it has none."""
+        :class:`UnknownSubjectError` if it has none; :class:`ConflictError` if
+        ``expected_version`` is given and is not the subject's :meth:`version`."""
         subject_id = check_subject_id(subject_id)
         with self._transaction(write=True, lock_keys=[subject_id]):
             rows = self._active_rows(subject_id)
             if not rows:
                 raise self._no_active(subject_id)
+            self._expect_version(subject_id, expected_version)
             self._revoke_rows(rows)
+            self._append_event(subject_id, "revoke", [r.template_id for r in rows], ())
         return len(rows)
 
-    def reissue(self, subject_id: str, records: Sequence[TemplateRecord]) -> list[int]:
+    def reissue(self, subject_id: str, records: Sequence[TemplateRecord],
+                expected_version: int | None = None) -> list[int]:
         """Revoke the subject's active templates and store ``records`` in their place, in one
-        transaction; the new ids. :class:`UnknownSubjectError` if it has no active template."""
+        transaction; the new ids. :class:`UnknownSubjectError` if it has no active template;
+        :class:`ConflictError` if ``expected_version`` is not the subject's :meth:`version`."""
         subject_id = check_subject_id(subject_id)
         records = _validate_batch(records, subject_id)
         with self._transaction(write=True, lock_keys=[subject_id]):
             rows = self._active_rows(subject_id)
             if not rows:
                 raise self._no_active(subject_id)
+            self._expect_version(subject_id, expected_version)
             self._revoke_rows(rows)
-            return self._insert(records)
+            ids = self._insert(records)
+            self._append_event(subject_id, "reissue", [r.template_id for r in rows], ids)
+            return ids
+
+    def _version(self, subject_id: str) -> int:
+        rows = self._exec("SELECT MAX(seq) FROM events WHERE subject_id = ? AND op <> 'setting'", (subject_id,))
+        return int(rows[0][0] or 0)
+
+    def version(self, subject_id: str) -> int:
+        """The subject's version: the sequence number of its latest logged change (0 if
+        none); every enrolment, revocation and reissue raises it."""
+        subject_id = check_subject_id(subject_id)
+        with self._transaction(write=False):
+            return self._version(subject_id)
+
+    def head(self) -> int:
+        """The sequence number of the latest entry of the (verified) event log."""
+        with self._transaction(write=False):
+            return self._head[0]
+
+    def events_since(self, seq: int) -> list[Event]:
+        """The verified log entries after ``seq``, oldest first."""
+        with self._transaction(write=False):
+            rows = self._exec("SELECT seq, subject_id, op, revoked_ids, new_ids, at, mac FROM events "
+                              "WHERE seq > ? AND seq <= ? ORDER BY seq", (int(seq), self._head[0]))
+        return [self._event_from_row(r) for r in rows]
+
+    def templates(self, template_ids: Sequence[int]) -> list[TemplateRecord]:
+        """The (authenticated) records of the given template ids that exist, by id."""
+        ids = sorted({int(i) for i in template_ids})
+        out: list[TemplateRecord] = []
+        with self._transaction(write=False):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = self._exec(f"{_SELECT} WHERE template_id IN ({marks}) ORDER BY template_id", chunk)
+                out.extend(self._record_from_row(r) for r in rows)
+        return out
+
+    # ------------------------------------------------------------ settings
+    def _setting_mac(self, name: str, value: bytes, seq: int) -> bytes:
+        h = hmac.new(self._row_key, _SETTING_DOMAIN, hashlib.sha256)
+        for field in (name, value, seq):
+            h.update(_encode_field(field))
+        return h.digest()
+
+    def get_setting(self, name: str) -> bytes | None:
+        """An authenticated setting (``None`` if never set). A row whose MAC fails, or that is
+        not the one the log's latest change of it wrote (a replayed old value), is a
+        :class:`StoreError`."""
+        with self._transaction(write=False):
+            rows = self._exec("SELECT value, seq, mac FROM settings WHERE name = ?", (name,))
+            latest = self._exec("SELECT MAX(seq) FROM events WHERE op = 'setting' AND subject_id = ?", (name,))
+        latest_seq = latest[0][0]
+        if not rows:
+            if latest_seq is not None:
+                raise StoreError(f"setting {name!r} was set (event log entry {latest_seq}) but is missing")
+            return None
+        value, seq, mac = bytes(rows[0][0]), int(rows[0][1]), bytes(rows[0][2])
+        if not hmac.compare_digest(self._setting_mac(name, value, seq), mac) or seq != latest_seq:
+            raise StoreError(f"setting {name!r} fails authentication (forged, or an older value replayed)")
+        return value
+
+    def put_setting(self, name: str, value: bytes) -> None:
+        """Set a setting (one transaction; the change is logged)."""
+        name = _check_text(name, "setting name")
+        with self._transaction(write=True, lock_keys=[name]):
+            self._append_event(name, "setting", (), ())
+            seq = self._pending[0][0]
+            self._exec("DELETE FROM settings WHERE name = ?", (name,))
+            self._exec("INSERT INTO settings (name, value, seq, mac) VALUES (?, ?, ?, ?)",
+                       (name, bytes(value), seq, self._setting_mac(name, bytes(value), seq)))
+
+    # ------------------------------------------------------------ attempts (audit)
+    def record_attempt(self, subject_id: str, client: str, op: str, outcome: str) -> None:
+        """Log a failed or refused attempt (one transaction); attempts older than
+        :data:`ATTEMPT_RETENTION_S` are pruned on the way."""
+        subject_id = check_subject_id(subject_id) if subject_id else ""
+        client = str(client)[:MAX_ID_CHARS]
+        now = datetime.now(timezone.utc)
+        with self._transaction(write=True, lock_keys=[subject_id]):
+            self._exec("INSERT INTO attempts (subject_id, client, op, outcome, at) VALUES (?, ?, ?, ?, ?)",
+                       (subject_id, client, op, outcome, now.isoformat(timespec="microseconds")))
+            cutoff = datetime.fromtimestamp(now.timestamp() - ATTEMPT_RETENTION_S, timezone.utc)
+            self._exec("DELETE FROM attempts WHERE at < ?", (cutoff.isoformat(timespec="microseconds"),))
+
+    def count_attempts(self, subject_id: str, op: str, window_s: float) -> int:
+        """Attempts of ``op`` on the subject logged in the last ``window_s`` seconds."""
+        subject_id = check_subject_id(subject_id) if subject_id else ""
+        since = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - window_s, timezone.utc)
+        with self._transaction(write=False):
+            rows = self._exec("SELECT COUNT(*) FROM attempts WHERE subject_id = ? AND op = ? AND at >= ?",
+                              (subject_id, op, since.isoformat(timespec="microseconds")))
+        return int(rows[0][0])
+
+    def attempts(self) -> list[tuple[str, str, str, str, str]]:
+        """Every logged attempt: (at, subject_id, client, op, outcome), oldest first (audit)."""
+        with self._transaction(write=False):
+            rows = self._exec("SELECT at, subject_id, client, op, outcome FROM attempts ORDER BY attempt_id")
+        return [tuple(r) for r in rows]
 
     def subjects(self, include_revoked: bool = False) -> list[str]:
         """Subjects with an active template (or with any template), sorted."""
@@ -513,18 +894,16 @@ class TemplateStore(abc.ABC):
             rows = self._exec(f"{_SELECT} WHERE subject_id = ? ORDER BY template_id", (subject_id,))
         if not rows:
             raise UnknownSubjectError(f"subject {subject_id!r} was never enrolled", subject_id)
-        return [_record_from_row(r) for r in rows]
+        return [self._record_from_row(r) for r in rows]
 
-    def identify_gallery(self, model_id: str) -> tuple[list[int], list[str], list[bytes]]:
-        """Template ids, subject ids and codes of the active "identify" templates of
-        ``model_id``, ordered by template id (every row's checksum is verified)."""
+    def identify_gallery(self, model_id: str) -> tuple[int, list[TemplateRecord]]:
+        """The log head and the active "identify" templates of ``model_id``, ordered by
+        template id (every row authenticated), read in one snapshot."""
         model_id = _check_text(model_id, "model_id")
         with self._transaction(write=False):
             rows = self._exec(f"{_SELECT} WHERE model_id = ? AND purpose = 'identify' "
                               "AND revoked_at IS NULL ORDER BY template_id", (model_id,))
-        records = [_record_from_row(r) for r in rows]
-        return ([r.template_id for r in records], [r.subject_id for r in records],
-                [r.code for r in records])
+            return self._head[0], [self._record_from_row(r) for r in rows]
 
     def schema_version(self) -> int:
         """The database's schema version."""
@@ -562,28 +941,3 @@ class TemplateStore(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location()!r})"
 
-
-def open_store(url: str | Path, **kwargs: Any) -> TemplateStore:
-    """A store from a URL: ``postgresql://...`` (or ``postgres://``) → PostgresStore;
-    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a plain path → SQLiteStore."""
-    if isinstance(url, Path):
-        url = str(url)
-    if not isinstance(url, str) or not url:
-        raise InvalidInputError(f"store URL must be a non-empty string or path, got {url!r:.80}")
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("postgresql", "postgres"):
-        from iom.service.postgres_store import PostgresStore
-
-        return PostgresStore(url, **kwargs)
-    if scheme == "sqlite":
-        path = url[len("sqlite://"):]
-        if not path.startswith("/") or path == "/":
-            raise InvalidInputError(f"SQLite URL must be sqlite:///path, got {url!r}")
-        path = path[1:]
-    elif scheme:
-        raise InvalidInputError(f"unsupported store URL scheme {scheme!r} (use sqlite:/// or postgresql://)")
-    else:
-        path = url
-    from iom.service.sqlite_store import SQLiteStore
-
-    return SQLiteStore(path, **kwargs)
