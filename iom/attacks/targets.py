@@ -1,0 +1,235 @@
+"""The services under attack, behind one interface the attacks call.
+
+:class:`Target` is what an attacker talks to (enroll, verify, identify as any client; revoke
+and reissue as the operator does) plus what a stronger attacker may hold: the database file
+(:attr:`Target.db_path`, see :mod:`iom.attacks.db`) and, for the full-disclosure scenarios,
+the application secret (:meth:`Target.verification_key`, :meth:`Target.identification_codes`:
+the scheme is public, so a holder of the secret re-derives keys as the service does).
+
+* ``before``: :class:`~iom.attacks.legacy.LegacyTarget` (the legacy scheme, re-created);
+* ``after``: :class:`ServiceTarget`, the real :class:`iom.service.service.TemplateService`
+  with the strongest realistic caller — ``ServicePolicy(allow_embeddings=True)`` (embeddings can
+  be injected), scores not exposed (the default).
+
+Typed refusals of the service become :class:`Refused` (identify, enroll) or a rejected
+:class:`Outcome` with ``refused`` set (verify).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from iom.keys import TemplateKey
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A verification answer: ``similarity`` only where the target exposes it; ``refused``
+    names why nothing was compared (``policy``, ``rate-limited``, ``store``, ``unknown``)."""
+
+    accepted: bool
+    similarity: float | None = None
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """An identification candidate."""
+
+    subject: str
+    accepted: bool
+    similarity: float | None = None
+
+
+class Refused(Exception):
+    """The service refused the call with a typed error (``kind`` as in :class:`Outcome`)."""
+
+    def __init__(self, kind: str, message: str = ""):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+def refusal_kind(error: Exception) -> str | None:
+    """The refusal a typed service error stands for (``None``: not a refusal)."""
+    from iom.service import errors
+
+    for name, kind in (("PolicyError", "policy"), ("RateLimitedError", "rate-limited"),
+                       ("StoreError", "store"), ("UnknownSubjectError", "unknown"),
+                       ("ConflictError", "conflict")):
+        cls = getattr(errors, name, None)
+        if cls is not None and isinstance(error, cls):
+            return kind
+    return None
+
+
+class Target(abc.ABC):
+    """One template service on a fresh SQLite file, as attacked."""
+
+    label = ""
+
+    def __init__(self, hasher, calibration: dict, secret: bytes, db_path: str | os.PathLike):
+        from iom.service.pipeline import Pipeline
+
+        self.hasher, self.calibration, self.secret = hasher, calibration, bytes(secret)
+        self.threshold = float(calibration["threshold"])
+        self.db_path = Path(db_path)
+        self.pipeline = Pipeline(None, hasher)
+        self.model_id = self.pipeline.model_id
+        self.m, self.q = hasher.m, hasher.q
+
+    # ------------------------------------------------------------------ as a client
+    @abc.abstractmethod
+    def _enroll(self, subject: str, embeddings: np.ndarray, token: str) -> None: ...
+
+    @abc.abstractmethod
+    def _verify(self, subject: str, embedding: np.ndarray, token: str, client: str) -> Outcome: ...
+
+    @abc.abstractmethod
+    def _identify(self, embedding: np.ndarray, top_k: int, client: str) -> list[Hit]: ...
+
+    def enroll(self, subject: str, embeddings: np.ndarray, token: str) -> None:
+        self._call(self._enroll, subject, embeddings, token)
+
+    def verify(self, subject: str, embedding: np.ndarray, token: str, client: str = "") -> Outcome:
+        try:
+            return self._call(self._verify, subject, embedding, token, client)
+        except Refused as r:
+            return Outcome(False, None, r.kind)
+
+    def identify(self, embedding: np.ndarray, top_k: int, client: str = "") -> list[Hit]:
+        return self._call(self._identify, embedding, top_k, client)
+
+    # ------------------------------------------------------------------ as the operator
+    @abc.abstractmethod
+    def _revoke(self, subject: str) -> None: ...
+
+    @abc.abstractmethod
+    def _reissue(self, subject: str, embeddings: np.ndarray, new_token: str) -> None: ...
+
+    def revoke(self, subject: str) -> None:
+        self._call(self._revoke, subject)
+
+    def reissue(self, subject: str, embeddings: np.ndarray, new_token: str) -> None:
+        self._call(self._reissue, subject, embeddings, new_token)
+
+    @abc.abstractmethod
+    def _restart(self) -> None: ...
+
+    def restart(self) -> None:
+        """Replace the service object by a fresh one on the same database (a new process)."""
+        self._call(self._restart)
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @staticmethod
+    def _call(fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:          # typed service errors only; anything else propagates
+            kind = refusal_kind(e)
+            if kind is None:
+                raise
+            raise Refused(kind, str(e)) from e
+
+    # ------------------------------------------------------------------ holding the secret
+    @abc.abstractmethod
+    def verification_key(self, row: dict, token: str) -> TemplateKey:
+        """The key of a verification row given its token (needs the secret)."""
+
+    @abc.abstractmethod
+    def identification_key(self) -> TemplateKey:
+        """The key of the space identification compares in (needs the secret)."""
+
+    def identification_codes(self, rows: list[dict], codes: np.ndarray) -> np.ndarray:
+        """The codes of identification rows in that space, ``hasher.encode(x, key)`` (needs
+        the secret); by default as stored."""
+        return codes
+
+
+class ServiceTarget(Target):
+    """The real template service (the issue's fix), embeddings allowed, scores not exposed."""
+
+    label = "after"
+    ADMIN = "operator-credential-0123456789"
+
+    def __init__(self, hasher, calibration: dict, secret: bytes, db_path, policy=None, witness: bool = False):
+        """``witness``: keep the head of the event log in ``<db>.witness`` (off-database storage
+        in a deployment; beside it here)."""
+        from iom.service.policy import ServicePolicy
+
+        super().__init__(hasher, calibration, secret, db_path)
+        self.policy = ServicePolicy(allow_embeddings=True) if policy is None else policy
+        self.witness = Path(f"{self.db_path}.witness") if witness else None
+        self.service = None
+        self.restart()
+
+    def _restart(self) -> None:
+        from iom.service.service import TemplateService
+        from iom.service.sqlite_store import SQLiteStore
+
+        if self.service is not None:
+            self.service.store.close()
+        store = SQLiteStore(self.db_path)
+        try:
+            self.service = TemplateService(self.pipeline, store, self.secret, calibration=self.calibration,
+                                           policy=self.policy, admin_secret=self.ADMIN, witness=self.witness)
+        except Exception:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.service.store.close()
+
+    def _enroll(self, subject, embeddings, token):
+        self.service.enroll(subject, embeddings=embeddings, user_token=token)
+
+    def _verify(self, subject, embedding, token, client):
+        d = self.service.verify(subject, user_token=token, embedding=embedding, client=client)
+        return Outcome(bool(d.accepted), d.similarity)
+
+    def _identify(self, embedding, top_k, client):
+        return [Hit(c.subject_id, bool(c.accepted), c.similarity)
+                for c in self.service.identify(embedding=embedding, top_k=top_k, client=client)]
+
+    def _revoke(self, subject):
+        self.service.revoke(subject, admin_secret=self.ADMIN)
+
+    def _reissue(self, subject, embeddings, new_token):
+        self.service.reissue(subject, new_token=new_token, embeddings=embeddings, admin_secret=self.ADMIN)
+
+    def verification_key(self, row, token):
+        from iom.service.template_keys import binding_context, scrypt_cost, verification_key
+
+        token = token.encode("utf-8") if isinstance(token, str) else bytes(token)
+        context = binding_context(row["subject_id"], "verify", row["key_version"], row["model_id"])
+        return verification_key(token, self.secret, row["salt"], context, scrypt_cost(row["key_version"]))
+
+    def identification_key(self):
+        from iom.service.template_keys import gallery_key
+
+        return gallery_key(self.secret)
+
+    def identification_codes(self, rows, codes):
+        from iom.hashing.keying import CodeKeying
+        from iom.service.template_keys import binding_context, identification_key
+
+        return np.stack([CodeKeying(identification_key(self.secret, r["salt"], binding_context(
+            r["subject_id"], "identify", r["key_version"], r["model_id"])), self.m, self.q).invert(c[None])[0]
+            for r, c in zip(rows, codes)])
+
+
+def make_target(kind: str, hasher, calibration: dict, secret: bytes, db_path, **kwargs) -> Target:
+    """A fresh target: ``before`` (the legacy scheme) or ``after`` (the current service)."""
+    if kind == "before":
+        from iom.attacks.legacy import LegacyTarget
+
+        return LegacyTarget(hasher, calibration, secret, db_path)
+    if kind == "after":
+        return ServiceTarget(hasher, calibration, secret, db_path, **kwargs)
+    raise ValueError(f"unknown target {kind!r} (before, after)")
