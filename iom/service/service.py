@@ -129,9 +129,8 @@ class TemplateService:
             raise TemplateError(f"template of {subject_id!r}: {e}") from None
         return verification_key(token, self.secret, salt, self._context(subject_id, "verify", key_version), cost)
 
-    def _identification_keying(self, record: TemplateRecord) -> CodeKeying:
-        key = identification_key(self.secret, record.salt,
-                                 self._context(record.subject_id, "identify", record.key_version))
+    def _identification_keying(self, subject_id: str, salt: bytes, key_version: int) -> CodeKeying:
+        key = identification_key(self.secret, salt, self._context(subject_id, "identify", key_version))
         return CodeKeying(key, self.m, self.q)
 
     def _gallery_code(self, embedding: np.ndarray) -> np.ndarray:
@@ -146,18 +145,18 @@ class TemplateService:
         code = self.pipeline.hasher.encode(embedding, self._verification_key(token, salt, subject_id, kv))
         records = [TemplateRecord(purpose="verify", salt=salt, code=self._pack(code), **common)]
         if self.identification:
-            record = TemplateRecord(purpose="identify", salt=os.urandom(SALT_BYTES), code=b"", **common)
-            relabelled = self._identification_keying(record).apply(self._gallery_code(embedding))
-            records.append(TemplateRecord(purpose="identify", salt=record.salt, code=self._pack(relabelled),
-                                          **common))
+            salt = os.urandom(SALT_BYTES)
+            relabelled = self._identification_keying(subject_id, salt, kv).apply(self._gallery_code(embedding))
+            records.append(TemplateRecord(purpose="identify", salt=salt, code=self._pack(relabelled), **common))
         return records
 
     def _pack(self, code: np.ndarray) -> bytes:
         return to_bytes(pack_codes(code, self.q)[0])
 
-    def _unpack(self, record: TemplateRecord) -> np.ndarray:
+    def _stored(self, record: TemplateRecord) -> np.ndarray:
+        """The record's packed code; :class:`TemplateError` if it is unreadable."""
         try:
-            return unpack_codes(from_bytes(record.code, self.m, self.q)[None], self.m, self.q)
+            return from_bytes(record.code, self.m, self.q)
         except ValueError as e:
             raise TemplateError(f"stored template {record.template_id} is unreadable: {e}") from None
 
@@ -201,11 +200,8 @@ class TemplateService:
             self._check_model(record)
             code = self.pipeline.hasher.encode(
                 x, self._verification_key(token, record.salt, subject_id, record.key_version))
-            try:
-                stored = from_bytes(record.code, self.m, self.q)
-            except ValueError as e:
-                raise TemplateError(f"stored template {record.template_id} is unreadable: {e}") from None
-            similarity = float(1.0 - int(count_mismatches(stored, pack_codes(code, self.q)[0])) / self.m)
+            mismatches = int(count_mismatches(self._stored(record), pack_codes(code, self.q)[0]))
+            similarity = float(1.0 - mismatches / self.m)
         accepted = similarity >= self.threshold
         if not accepted:
             self.store.record_attempt(subject_id, client, "verify", "rejected")
@@ -362,18 +358,24 @@ class TemplateService:
         return version
 
     # ------------------------------------------------------------------ internals
+    def _made_here(self, record: TemplateRecord) -> bool:
+        """Whether the record was made by this service's model at its code size."""
+        return record.model_id == self.pipeline.model_id and (record.m, record.q) == (self.m, self.q)
+
     def _check_model(self, record: TemplateRecord) -> None:
-        if record.model_id != self.pipeline.model_id or (record.m, record.q) != (self.m, self.q):
+        if not self._made_here(record):
             raise TemplateError(f"template of {record.subject_id!r} was made by model {record.model_id!r} "
                                 f"(m={record.m}, q={record.q}); this service runs {self.pipeline.model_id!r}")
 
     def _gallery_entries(self, records: list[TemplateRecord]) -> tuple[np.ndarray, np.ndarray, dict]:
         """Ids, gallery-space codes and subjects of identification records of this model."""
-        keep = [r for r in records if r.purpose == "identify" and r.active
-                and r.model_id == self.pipeline.model_id and (r.m, r.q) == (self.m, self.q)]
+        keep = [r for r in records if r.purpose == "identify" and r.active and self._made_here(r)]
         if not keep:
             return np.zeros(0, np.int64), np.zeros((0, self.m), np.uint8), {}
-        codes = np.concatenate([self._identification_keying(r).invert(self._unpack(r)) for r in keep])
+        codes = np.concatenate([
+            self._identification_keying(r.subject_id, r.salt, r.key_version).invert(
+                unpack_codes(self._stored(r)[None], self.m, self.q))
+            for r in keep])
         return (np.asarray([r.template_id for r in keep], np.int64), codes,
                 {r.template_id: r.subject_id for r in keep})
 
@@ -382,7 +384,6 @@ class TemplateService:
         from iom.service.search import PackedGallery
 
         with self._gallery_lock:
-            head = self.store.head()
             if self._gallery is None:
                 head, records = self.store.identify_gallery(self.pipeline.model_id)
                 gallery = PackedGallery(self.m, self.q)
@@ -390,7 +391,7 @@ class TemplateService:
                 if len(ids):
                     gallery.add(ids, codes)
                 self._gallery = (head, gallery, subjects)
-            elif head != self._gallery[0]:
+            elif (head := self.store.head()) != self._gallery[0]:
                 seen, gallery, subjects = self._gallery
                 events = self.store.events_since(seen)
                 gone = {i for e in events for i in e.revoked_ids if i in subjects}
