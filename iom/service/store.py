@@ -358,9 +358,11 @@ def event_mac(event: Event, previous_mac: bytes, key: bytes = PUBLIC_ROW_KEY) ->
     return h.digest()
 
 
-def utc_now() -> str:
-    """The current UTC time, ISO-8601 with microseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+def utc_now(seconds_ago: float = 0.0) -> str:
+    """The current UTC time (or ``seconds_ago`` before it), ISO-8601 with microseconds: the
+    store's timestamp format, which sorts as text in time order."""
+    moment = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - seconds_ago, timezone.utc)
+    return moment.isoformat(timespec="microseconds")
 
 
 def _sort_key(row: Sequence[Any]) -> tuple:
@@ -857,20 +859,17 @@ class TemplateStore(abc.ABC):
         :data:`ATTEMPT_RETENTION_S` are pruned on the way."""
         subject_id = check_subject_id(subject_id) if subject_id else ""
         client = str(client)[:MAX_ID_CHARS]
-        now = datetime.now(timezone.utc)
         with self._transaction(write=True, lock_keys=[subject_id]):
             self._exec("INSERT INTO attempts (subject_id, client, op, outcome, at) VALUES (?, ?, ?, ?, ?)",
-                       (subject_id, client, op, outcome, now.isoformat(timespec="microseconds")))
-            cutoff = datetime.fromtimestamp(now.timestamp() - ATTEMPT_RETENTION_S, timezone.utc)
-            self._exec("DELETE FROM attempts WHERE at < ?", (cutoff.isoformat(timespec="microseconds"),))
+                       (subject_id, client, op, outcome, utc_now()))
+            self._exec("DELETE FROM attempts WHERE at < ?", (utc_now(ATTEMPT_RETENTION_S),))
 
     def count_attempts(self, subject_id: str, op: str, window_s: float) -> int:
         """Attempts of ``op`` on the subject logged in the last ``window_s`` seconds."""
         subject_id = check_subject_id(subject_id) if subject_id else ""
-        since = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - window_s, timezone.utc)
         with self._transaction(write=False):
             rows = self._exec("SELECT COUNT(*) FROM attempts WHERE subject_id = ? AND op = ? AND at >= ?",
-                              (subject_id, op, since.isoformat(timespec="microseconds")))
+                              (subject_id, op, utc_now(window_s)))
         return int(rows[0][0])
 
     def attempts(self) -> list[tuple[str, str, str, str, str]]:
