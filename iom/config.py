@@ -52,6 +52,9 @@ STAGE2_FIELDS: dict[str, Field] = {
     "hidden_layer_remark": Field((str, int), "0", "hidden layers: '0'..'9', or 'T1'..'T9' for tanh"),
     "hidden_units": Field((int, type(None)), None, "hidden layer width (default embd_shape)", check=positive),
     "T": Field((int, float), 1.0, "softmax temperature of the head: softmax(z / T)", check=positive),
+    "input_norm": Field((str,), "none", "input handling: 'none' (L2-normalised embeddings as given), "
+                        "'center' (minus the training mean, re-normalised) or 'whiten' (centred and "
+                        "shrinkage-whitened with training statistics)", choices=("none", "l2", "center", "whiten")),
     "key_mode": Field((str,), "code", "where a user key acts: 'code' (keyed relabelling of the "
                       "code, default) or 'embedding' (the parent's key permutation of the embedding)",
                       choices=("code", "embedding")),
@@ -64,10 +67,15 @@ STAGE2_FIELDS: dict[str, Field] = {
                                check=_weight),
     "quanti": Field((bool, int, float), False, "quantisation term: true (weight 0.1) or a weight",
                     check=_weight),
+    "metric_loss_weight": Field((int, float), 1.0, "weight of loss_fun (0: off)", check=non_negative),
+    "distill_loss": Field((bool, int, float), False, "similarity-distillation term: the codes' expected "
+                          "agreement regressed on the embeddings' cosine; true (weight 1) or a weight",
+                          check=_weight),
     "bin_lut_loss": Field((str,), "none", "binarisation LUT term", choices=BIN_LUT_KINDS),
     "bin_lut_weight": Field((int, float), 0.1, "weight of the bin_lut_loss term", check=non_negative),
     # train
-    "train_dataset": Field((str, type(None)), None, "identity folder embedded by the stage-1 model"),
+    "train_dataset": Field((str, list, type(None)), None, "identity folder (or a list of them, "
+                           "identities kept apart) embedded by the stage-1 model", check=_optional_str_or_list),
     "train_embeddings": Field((str, type(None)), None,
                               ".npz of embeddings + labels from any extractor (instead of train_dataset)"),
     "flip_augment": Field((bool,), True, "also train on the embeddings of mirrored training images"),
@@ -111,7 +119,7 @@ def finalize_stage2(cfg: Config) -> Config:
     changes: dict[str, Any] = {}
     parse_hidden_layer_remark(cfg["hidden_layer_remark"])
     changes["hidden_layer_remark"] = str(cfg["hidden_layer_remark"])
-    for key, on_weight in (("code_balance_loss", 1.0), ("quanti", 0.1)):
+    for key, on_weight in (("code_balance_loss", 1.0), ("quanti", 0.1), ("distill_loss", 1.0)):
         value = cfg[key]
         changes[key] = (on_weight if value else 0.0) if isinstance(value, bool) else float(value)
     if cfg["eval_batch_size"] is None:

@@ -154,13 +154,20 @@ def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple
         x, y = unit_rows(data.embeddings, cfg["train_embeddings"]), data.labels
     elif cfg["train_dataset"]:
         extractor = extractor or FeatureExtractor(cfg)
-        data = extractor.embed_folder(cfg["train_dataset"])
-        if data.labels is None:
-            raise DataFormatError(f"{cfg['train_dataset']}: needs one sub-folder per identity")
-        x, y = data.embeddings, data.labels
-        if cfg["flip_augment"]:
-            mirrored = extractor.embed_folder(cfg["train_dataset"], mirror=True)
-            x, y = np.concatenate([x, mirrored.embeddings]), np.concatenate([y, mirrored.labels])
+        folders = cfg["train_dataset"] if isinstance(cfg["train_dataset"], list) else [cfg["train_dataset"]]
+        xs, ys, offset = [], [], 0
+        for folder in folders:
+            data = extractor.embed_folder(folder)
+            if data.labels is None:
+                raise DataFormatError(f"{folder}: needs one sub-folder per identity")
+            views = [data]
+            if cfg["flip_augment"]:
+                views.append(extractor.embed_folder(folder, mirror=True))
+            for view in views:                     # identities of different folders stay apart
+                xs.append(view.embeddings)
+                ys.append(np.asarray(view.labels, np.int64) + offset)
+            offset += int(np.max(data.labels)) + 1
+        x, y = np.concatenate(xs), np.concatenate(ys)
     else:
         raise ConfigError(f"{cfg.source}: set 'train_dataset' or 'train_embeddings'")
     if cfg["embd_shape"] and x.shape[1] != cfg["embd_shape"]:

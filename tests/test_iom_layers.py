@@ -167,3 +167,60 @@ def test_weights_save_load_round_trip(tmp_path):
     for name in ("logits", "soft_codes", "probs"):
         np.testing.assert_array_equal(np_out(other(x, training=False)[name]),
                                       np_out(net(x, training=False)[name]))
+
+
+# --------------------------------------------------------------------------- input normalisation
+
+
+def _np_unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("mode", ["none", "l2", "center", "whiten"])
+def test_input_normalization_matches_numpy(mode):
+    from iom.hashing.layers import InputNormalization, fit_input_normalization
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(200, DIM)) * np.linspace(0.1, 3, DIM) + 2.0).astype(np.float32)
+    mean, transform = fit_input_normalization(x, mode)
+    layer = InputNormalization(DIM)
+    layer.set_statistics(mean, transform)
+    want = _np_unit((_np_unit(x.astype(np.float64)) - mean) @ transform)
+    np.testing.assert_allclose(np_out(layer(x)), want, atol=2e-5)
+    # the scale of the extractor's features does not matter
+    np.testing.assert_allclose(np_out(layer(37.5 * x)), np_out(layer(x)), atol=2e-5)
+
+
+def test_input_normalization_statistics():
+    from iom.hashing.layers import fit_input_normalization
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5000, DIM)) * np.linspace(0.05, 2, DIM) + 1.0
+    unit = _np_unit(x)
+    mean, transform = fit_input_normalization(x, "center")
+    np.testing.assert_allclose(mean, unit.mean(0), atol=1e-6)
+    np.testing.assert_array_equal(transform, np.eye(DIM, dtype=np.float32))
+    mean, transform = fit_input_normalization(x, "whiten", shrinkage=0.0)
+    z = (unit - mean) @ transform.astype(np.float64)
+    cov = np.cov(z.T)
+    # whitened: isotropic (the transform's overall scale is normalised away)
+    np.testing.assert_allclose(cov / cov[0, 0], np.eye(DIM), atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(transform, 2), 1.0, rtol=1e-5)
+    with pytest.raises(ConfigError, match="input_norm 'pca'"):
+        fit_input_normalization(x, "pca")
+
+
+def test_network_with_input_normalization_saves_its_statistics(tmp_path):
+    from iom.hashing.layers import fit_input_normalization
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(64, DIM)) + 3.0).astype(np.float32)
+    net = build_hashing_network(DIM, M, Q, input_norm="center", seed=1)
+    net.get_layer("input_norm").set_statistics(*fit_input_normalization(x, "center"))
+    path = str(tmp_path / "w.weights.h5")
+    net.save_weights(path)
+    other = build_hashing_network(DIM, M, Q, input_norm="center", seed=2)
+    other.load_weights(path)
+    np.testing.assert_allclose(np_out(other(x)["logits"]), np_out(net(x)["logits"]), atol=1e-5)
+    with pytest.raises(ConfigError, match="input_norm"):
+        build_hashing_network(DIM, M, Q, input_norm="bogus")

@@ -347,3 +347,69 @@ def test_decidability_hamming_loss_matches_reference(seed):
     imp = [agree[a, b] for a in range(B) for b in range(B) if y[a] != y[b]]
     want = -(np.mean(gen) - np.mean(imp)) / math.sqrt((np.var(gen) + np.var(imp)) / 2 + 1e-8)
     np.testing.assert_allclose(num(decidability_hamming_loss(y, probs)), want, rtol=1e-4)
+
+
+def _lse(values):
+    values = np.asarray(values, np.float64)
+    top = values.max()
+    return top + math.log(np.exp(values - top).sum())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("margin,scale", [(0.25, 64.0), (0.1, 16.0)])
+def test_circle_hamming_loss_matches_reference(seed, margin, scale):
+    from iom.hashing.losses import circle_hamming_loss
+
+    y, probs, _ = batch(seed)
+    agree = ref_agreement(probs)
+    per_anchor = []
+    for a in range(B):
+        sp = [agree[a, p] for p in positives(y, a)]
+        sn = [agree[a, n] for n in negatives(y, a)]
+        lp = _lse([-scale * max(1 + margin - s, 0) * (s - (1 - margin)) for s in sp])
+        ln = _lse([scale * max(s + margin, 0) * (s - margin) for s in sn])
+        per_anchor.append(softplus(lp + ln))
+    np.testing.assert_allclose(num(circle_hamming_loss(y, probs, margin, scale)), np.mean(per_anchor),
+                               rtol=1e-4)
+
+
+def test_circle_hamming_loss_prefers_separated_codes():
+    """Codes that agree within identities and differ across them cost less than the reverse."""
+    from iom.hashing.losses import circle_hamming_loss
+
+    y = np.repeat(np.arange(4), 2)
+    good = np.eye(Q, dtype=np.float32)[np.repeat(np.arange(4) % Q, 2)[:, None].repeat(M, 1)]
+    bad = np.eye(Q, dtype=np.float32)[np.tile(np.arange(2) % Q, 4)[:, None].repeat(M, 1)]
+    assert float(num(circle_hamming_loss(y, good))) < float(num(circle_hamming_loss(y, bad)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_similarity_distillation_loss_matches_reference(seed):
+    from iom.hashing.losses import similarity_distillation_loss
+
+    y, probs, _ = batch(seed)
+    x = np.random.default_rng(seed).normal(size=(B, 5)) * 3.0
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    agree = ref_agreement(probs)
+    alpha, beta = 0.12, 0.3
+    want = np.mean([(agree[a, b] - alpha - beta * unit[a] @ unit[b]) ** 2
+                    for a in range(B) for b in range(B) if a != b]) * 100
+    np.testing.assert_allclose(num(similarity_distillation_loss(x.astype(np.float32), probs, alpha, beta)),
+                               want, rtol=1e-4)
+
+
+def test_fit_distillation_map_recovers_a_line():
+    from iom.hashing.losses import fit_distillation_map
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    # the least-squares line of agreement on cosine over every pair, as numpy fits it
+    probs = rng.dirichlet(np.ones(Q), size=(40, M)).astype(np.float32)
+    flat = probs.reshape(40, -1).astype(np.float64)
+    iu = np.triu_indices(40, 1)
+    want = np.polyfit((unit @ unit.T)[iu], (flat @ flat.T / M)[iu], 1)
+    alpha, beta = fit_distillation_map(x, probs)
+    np.testing.assert_allclose([beta, alpha], want, rtol=1e-6)
+    with pytest.raises(ConfigError, match="not all parallel"):
+        fit_distillation_map(np.ones((5, 3)), probs[:5])

@@ -381,3 +381,31 @@ def test_raw_baseline_is_cosine_for_unnormalised_embeddings(tmp_path):
     from arcface.errors import DataFormatError
     with pytest.raises(DataFormatError, match="row 7 is all zeros"):
         PrecomputedEmbeddings(str(tmp_path / "z.npz"))
+
+
+def test_training_embeddings_from_several_folders_keep_identities_apart():
+    from arcface.embeddings_io import EmbeddingSet
+    from iom.features import training_embeddings
+
+    class FakeExtractor:
+        def embed_folder(self, folder, mirror=False, progress=True):
+            n = {"a": 4, "b": 6}[folder]
+            x = np.full((n, 3), 2.0 if mirror else 1.0, np.float32)
+            return EmbeddingSet(np.array([str(i) for i in range(n)]), x, np.arange(n) // 2, None)
+
+    cfg = stage2_cfg(train_dataset=["a", "b"], stage1_model="m", flip_augment=True, num_classes=5)
+    x, y = training_embeddings(cfg, FakeExtractor())
+    assert x.shape == (20, 3)
+    # a: identities 0, 1 (and their mirrors); b: identities 2, 3, 4
+    np.testing.assert_array_equal(y, [0, 0, 1, 1] * 2 + [2, 2, 3, 3, 4, 4] * 2)
+    with pytest.raises(ConfigError, match="num_classes is 4"):
+        training_embeddings(stage2_cfg(train_dataset=["a", "b"], stage1_model="m", num_classes=4),
+                            FakeExtractor())
+
+
+def test_a_loss_with_no_term_is_refused():
+    from iom.hashing.train import loss_settings
+
+    with pytest.raises(ConfigError, match="no term"):
+        loss_settings(stage2_cfg(metric_loss_weight=0)).terms()
+    assert loss_settings(stage2_cfg(metric_loss_weight=0, distill_loss=True)).terms() == ["distillation"]

@@ -40,7 +40,8 @@ class DeepIoMHasher:
         self.train_permutation = key_permutation(train_key_of(spec["train_key"]), self.dim)
         self.network = network or build_hashing_network(
             self.dim, self.m, self.q, self.train_permutation, spec.get("hidden_layer_remark", "0"),
-            spec.get("hidden_units"), spec.get("T", 1.0), seed=seed)
+            spec.get("hidden_units"), spec.get("T", 1.0), seed=seed,
+            input_norm=spec.get("input_norm", "none"))
         self._infer = None  # the network's compiled inference call, built on first use
 
     @classmethod
@@ -48,9 +49,19 @@ class DeepIoMHasher:
         """An untrained hasher with the sizes and key scheme of a stage-2 config."""
         spec = {"format_version": FORMAT_VERSION, "m": cfg["m"], "q": cfg["q"], "dim": int(dim),
                 "hidden_layer_remark": cfg["hidden_layer_remark"], "hidden_units": cfg["hidden_units"],
-                "T": float(cfg["T"]), "key_mode": cfg["key_mode"], "train_key": cfg["train_key"],
+                "T": float(cfg["T"]), "input_norm": cfg["input_norm"], "key_mode": cfg["key_mode"], "train_key": cfg["train_key"],
                 "stage1_model": cfg["stage1_model"], "model_id": model_id or cfg["sub_name"]}
         return cls(spec, seed=cfg["seed"])
+
+    def fit_input_normalization(self, embeddings: np.ndarray) -> None:
+        """Fit the input normalisation (``spec["input_norm"]``) on training embeddings."""
+        from iom.hashing.layers import fit_input_normalization
+
+        mode = self.spec.get("input_norm", "none")
+        if mode == "none":
+            return
+        x = np.asarray(embeddings, np.float32)[:, self.train_permutation]  # what the layer sees
+        self.network.get_layer("input_norm").set_statistics(*fit_input_normalization(x, mode))
 
     # ------------------------------------------------------------------ encoding
     def logits(self, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:

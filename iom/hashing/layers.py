@@ -40,6 +40,69 @@ class PermutationLayer(keras.layers.Layer):
         return {**super().get_config(), "permutation": self.permutation.tolist()}
 
 
+INPUT_NORMS = ("none", "l2", "center", "whiten")
+
+
+def fit_input_normalization(x: np.ndarray, mode: str, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, transform)`` of :class:`InputNormalization` fitted on training embeddings ``x``.
+
+    ``"none"``/``"l2"``: zero mean, identity; ``"center"``: the mean of the L2-normalised
+    rows, identity; ``"whiten"``: that mean and the ZCA whitening
+    ``V diag(1/sqrt(λ + s·mean λ)) Vᵀ`` of the centred rows' covariance (eigenpairs λ, V),
+    shrunk by ``s = shrinkage`` so that directions of almost no variance are not blown up.
+    The transform is scaled to unit spectral norm (the output is re-normalised anyway).
+    """
+    if mode not in INPUT_NORMS:
+        raise ConfigError(f"input_norm {mode!r} is not one of {list(INPUT_NORMS)}")
+    x = np.asarray(x, np.float64)
+    dim = x.shape[1]
+    if mode in ("none", "l2"):
+        return np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    mean = unit.mean(axis=0)
+    if mode == "center":
+        return mean.astype(np.float32), np.eye(dim, dtype=np.float32)
+    centred = unit - mean
+    lam, vec = np.linalg.eigh(centred.T @ centred / max(len(x) - 1, 1))
+    lam = np.maximum(lam, 0.0)
+    scale = 1.0 / np.sqrt(lam + shrinkage * max(lam.mean(), 1e-12))
+    transform = (vec * scale) @ vec.T
+    return mean.astype(np.float32), (transform / scale.max()).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="iomface")
+class InputNormalization(keras.layers.Layer):
+    """Any extractor's features → the hashing head's input: ``u = x / ‖x‖``, then
+    ``z = (u − mean) · transform``, re-normalised to unit length.
+
+    ``mean`` and ``transform`` are fixed (non-trainable) weights fitted on the training
+    embeddings by :func:`fit_input_normalization` and saved with the hasher, so the scale,
+    offset and anisotropy of the features do not matter to the learned projection."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.mean = self.add_weight(shape=(self.dim,), initializer="zeros", trainable=False, name="mean")
+        self.transform = self.add_weight(shape=(self.dim, self.dim), initializer="identity",
+                                         trainable=False, name="transform")
+
+    def set_statistics(self, mean: np.ndarray, transform: np.ndarray) -> None:
+        """Load fitted statistics (see :func:`fit_input_normalization`)."""
+        self.mean.assign(np.asarray(mean, np.float32))
+        self.transform.assign(np.asarray(transform, np.float32))
+
+    @staticmethod
+    def _unit(x):
+        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-24))
+
+    def call(self, x):
+        z = ops.matmul(self._unit(ops.cast(x, "float32")) - self.mean, self.transform)
+        return self._unit(z)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
 _HIDDEN = re.compile(r"^(T?)([0-9])$")
 
 
@@ -88,14 +151,20 @@ class SoftmaxOut(keras.layers.Layer):
 
 def build_hashing_network(dim: int, m: int, q: int, permutation=None, hidden_layer_remark="0",
                           hidden_units: int | None = None, temperature: float = 1.0,
-                          seed: int = 0) -> keras.Model:
+                          seed: int = 0, input_norm: str = "none") -> keras.Model:
     """Embedding (B, dim) → {"logits" (B, m*q), "soft_codes" (B, m), "probs" (B, m, q)}.
 
     The IoM projection is a Dense layer of m·q units with N(0, 1) initial weights (as in
-    the seed project), preceded by the key permutation and the optional hidden layers.
+    the seed project), preceded by the key permutation, the input normalisation (any mode
+    but ``"none"``: an :class:`InputNormalization` layer, statistics set after fitting)
+    and the optional hidden layers.
     """
+    if input_norm not in INPUT_NORMS:
+        raise ConfigError(f"input_norm {input_norm!r} is not one of {list(INPUT_NORMS)}")
     inputs = keras.Input((dim,), name="embedding")
     x = PermutationLayer(np.arange(dim) if permutation is None else permutation, name="perm_layer")(inputs)
+    if input_norm != "none":
+        x = InputNormalization(dim, name="input_norm")(x)
     n_hidden, activation = parse_hidden_layer_remark(hidden_layer_remark)
     for i in range(n_hidden):
         for layer in hidden_block(hidden_units or dim, activation, f"hidden{i + 1}"):

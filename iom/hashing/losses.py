@@ -288,6 +288,63 @@ def decidability_hamming_loss(labels, probs, margin: float = 0.0):
     mu_i, var_i = moments(neg)
     return -(mu_g - mu_i) / ops.sqrt((var_g + var_i) / 2.0 + 1e-8)
 
+def circle_hamming_loss(labels, probs, margin: float = 0.25, scale: float = 64.0):
+    """Circle loss (Sun et al., CVPR 2020) on expected agreement, per anchor a:
+    ``softplus(LSE_n γ α_n (A_an − Δ_n) + LSE_p −γ α_p (A_ap − Δ_p))`` with
+    ``α_p = relu(1 + m − A_ap)``, ``α_n = relu(A_an + m)``, ``Δ_p = 1 − m``, ``Δ_n = m``
+    (``m = margin``, 0.25 when 0 is given, ``γ = scale``; the α are constants of the gradient);
+    mean over the anchors with ≥ 1 positive and ≥ 1 negative. Its log-sum-exp over
+    impostors weights the hardest ones most: it works on the low-FAR tail, where
+    decidability works on the bulk."""
+    m = float(margin) or 0.25
+    pos, neg = _label_masks(labels)
+    agree = expected_agreement(probs)
+    alpha_p = ops.stop_gradient(ops.relu(1.0 + m - agree))
+    alpha_n = ops.stop_gradient(ops.relu(agree + m))
+    big = 1e4
+    logit_p = ops.where(pos, -scale * alpha_p * (agree - (1.0 - m)), -big)
+    logit_n = ops.where(neg, scale * alpha_n * (agree - m), -big)
+    lse_p = ops.logsumexp(logit_p, axis=1)
+    lse_n = ops.logsumexp(logit_n, axis=1)
+    return _masked_mean(ops.softplus(lse_p + lse_n), _anchor_mask(pos, neg))
+
+
+def unit_cosine_matrix(embeddings):
+    """(B, B) cosine similarities of the rows of ``embeddings`` (any scale)."""
+    x = ops.cast(embeddings, "float32")
+    x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), SQ_EPS))
+    return ops.matmul(x, ops.transpose(x))
+
+
+def similarity_distillation_loss(embeddings, probs, alpha: float, beta: float):
+    """``mean_{a≠b} (A_ab − (α + β·cos_ab))²`` (× 100): the expected agreement of the codes
+    regressed on an affine map of the cosine similarity of the input embeddings.
+
+    The teacher is the extractor itself: raw cosine is what a code can at best preserve, and
+    random IoM's agreement is a noisy monotone function of it. ``(α, β)`` is fixed, fitted on
+    the untrained head (:func:`fit_distillation_map`), so the loss asks the learned projection
+    for the same expected curve with less variance around it, for every pair of the batch,
+    impostor tail included."""
+    agree = expected_agreement(probs)
+    target = float(alpha) + float(beta) * unit_cosine_matrix(embeddings)
+    off = ops.logical_not(_eye(ops.shape(agree)[0]))
+    return 100.0 * _masked_mean(ops.square(agree - target), off)
+
+
+def fit_distillation_map(embeddings: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """``(α, β)``: least-squares line of expected agreement on cosine over every pair of a
+    sample (the head's probabilities ``probs`` (n, m, q) of ``embeddings`` (n, d))."""
+    x = np.asarray(embeddings, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    p = np.asarray(probs, np.float64).reshape(len(x), -1)
+    iu = np.triu_indices(len(x), 1)
+    cos, agree = (x @ x.T)[iu], (p @ p.T)[iu] / np.asarray(probs).shape[1]
+    if len(cos) < 2 or np.ptp(cos) == 0:
+        raise ConfigError("fit_distillation_map needs at least 3 embeddings that are not all parallel")
+    beta, alpha = np.polyfit(cos, agree, 1)
+    return float(alpha), float(beta)
+
+
 # --------------------------------------------------------------------------- #
 # registry
 # --------------------------------------------------------------------------- #
@@ -304,11 +361,12 @@ METRIC_LOSSES: dict[str, Callable] = {
     "batch_hard_hamming_loss": batch_hard_hamming_loss,
     "batch_all_hamming_loss": batch_all_hamming_loss,
     "decidability_hamming_loss": decidability_hamming_loss,
+    "circle_hamming_loss": circle_hamming_loss,
 }
 
 #: metric losses that take the (B, m, q) probabilities instead of the (B, m) soft codes
 PROBABILITY_LOSSES = frozenset({"batch_hard_hamming_loss", "batch_all_hamming_loss",
-                                "decidability_hamming_loss"})
+                                "decidability_hamming_loss", "circle_hamming_loss"})
 
 
 def get_metric_loss(name: str) -> Callable:

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from arcface.errors import ConfigError
 from iom.hashing import losses as L
 
 
@@ -22,15 +23,22 @@ class LossSettings:
     quantization: float = 0.0                          # quanti (weight; 0 = off)
     bin_lut: str = "none"                              # bin_lut_loss
     bin_lut_weight: float = 1.0
+    metric_weight: float = 1.0                         # metric_loss_weight
+    distillation: float = 0.0                          # distill_loss (weight; 0 = off)
 
     def terms(self) -> list[str]:
-        names = ["metric"]
+        names = ["metric"] if self.metric_weight else []
         if self.code_balance:
             names.append("code_balance")
         if self.quantization:
             names.append("quantization")
         if self.bin_lut != "none":
             names.append("bin_lut")
+        if self.distillation:
+            names.append("distillation")
+        if not names:
+            raise ConfigError("the stage-2 loss has no term: metric_loss_weight is 0 and no other "
+                              "term (distill_loss, code_balance_loss, quanti, bin_lut_loss) is on")
         return names
 
 
@@ -38,10 +46,14 @@ class HashingTrainer(keras.Model):
     """Wraps the hashing network; its loss is the weighted sum of the configured terms,
     each tracked as a metric (so it reaches the logs and TensorBoard)."""
 
-    def __init__(self, network: keras.Model, settings: LossSettings, **kwargs):
+    def __init__(self, network: keras.Model, settings: LossSettings,
+                 distillation_map: tuple[float, float] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.settings = settings
+        if settings.distillation and distillation_map is None:
+            raise ConfigError("distill_loss is on but no distillation map was fitted")
+        self.distillation_map = distillation_map
         self._metric_loss = L.get_metric_loss(settings.metric_loss)
         L.bin_lut_loss(ops.ones((1, 1, 2)) / 2, settings.bin_lut)  # raises ConfigError on a bad kind
         self._trackers = {name: keras.metrics.Mean(name=name) for name in settings.terms()}
@@ -49,12 +61,17 @@ class HashingTrainer(keras.Model):
     def call(self, x, training=False):
         return self.network(x, training=training)
 
-    def loss_terms(self, labels, outputs) -> dict:
-        """Each configured loss term (unweighted) for one batch."""
+    def loss_terms(self, labels, outputs, embeddings=None) -> dict:
+        """Each configured loss term (unweighted) for one batch (``embeddings``: the batch's
+        input, needed by the distillation term)."""
         s = self.settings
         codes, probs = outputs["soft_codes"], outputs["probs"]
         metric_input = probs if s.metric_loss in L.PROBABILITY_LOSSES else codes
-        terms = {"metric": self._metric_loss(labels, metric_input, s.margin)}
+        terms = {}
+        if s.metric_weight:
+            terms["metric"] = self._metric_loss(labels, metric_input, s.margin)
+        if s.distillation:
+            terms["distillation"] = L.similarity_distillation_loss(embeddings, probs, *self.distillation_map)
         if s.code_balance:
             terms["code_balance"] = L.code_balance_loss(probs)
         if s.quantization:
@@ -65,9 +82,9 @@ class HashingTrainer(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         s = self.settings
-        weights = {"metric": 1.0, "code_balance": s.code_balance, "quantization": s.quantization,
-                   "bin_lut": s.bin_lut_weight}
-        terms = self.loss_terms(y, y_pred)
+        weights = {"metric": s.metric_weight, "code_balance": s.code_balance, "quantization": s.quantization,
+                   "bin_lut": s.bin_lut_weight, "distillation": s.distillation}
+        terms = self.loss_terms(y, y_pred, x)
         total = 0.0
         for name, value in terms.items():
             self._trackers[name].update_state(value)
@@ -101,7 +118,18 @@ def build_optimizer(cfg) -> keras.optimizers.Optimizer:
 def loss_settings(cfg) -> LossSettings:
     """The :class:`LossSettings` of a stage-2 config."""
     return LossSettings(cfg["loss_fun"], float(cfg["triplet_margin"]), float(cfg["code_balance_loss"]),
-                        float(cfg["quanti"]), cfg["bin_lut_loss"], float(cfg["bin_lut_weight"]))
+                        float(cfg["quanti"]), cfg["bin_lut_loss"], float(cfg["bin_lut_weight"]),
+                        float(cfg["metric_loss_weight"]), float(cfg["distill_loss"]))
+
+
+def distillation_map(network: keras.Model, embeddings: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
+    """The fixed ``(α, β)`` of the distillation term: agreement on cosine of the untrained
+    head over every pair of ``n`` training embeddings drawn with ``seed``."""
+    rng = np.random.default_rng([int(seed), 7])
+    sample = np.asarray(embeddings, np.float32)[rng.choice(len(embeddings), min(n, len(embeddings)),
+                                                           replace=False)]
+    probs = np.asarray(keras.ops.convert_to_numpy(network(sample, training=False)["probs"]))
+    return L.fit_distillation_map(sample, probs)
 
 
 class _SaveHasher(keras.callbacks.Callback):
@@ -125,19 +153,29 @@ def train_stage2(cfg, checkpoint_root: str = "checkpoints", log_root: str = "log
     TensorBoard where TensorFlow is installed). Training is ``max_steps`` steps, or
     ``epochs`` passes over the training embeddings, rounded up to whole ``save_steps``.
     """
-    from arcface.callbacks import ScalarLog, TrainLogCallback
     from iom.features import training_embeddings
+
+    x, y = training_embeddings(cfg)
+    return train_hasher(cfg, x, y, checkpoint_root, log_root, progress)
+
+
+def train_hasher(cfg, x: np.ndarray, y: np.ndarray, checkpoint_root: str = "checkpoints",
+                 log_root: str = "logs", progress: bool = True):
+    """:func:`train_stage2` on given training embeddings ``x`` (n, d) and labels ``y``."""
+    from arcface.callbacks import ScalarLog, TrainLogCallback
     from iom.hashing.hasher import DeepIoMHasher
     from iom.hashing.sampler import PKSampler
 
-    x, y = training_embeddings(cfg)
     keras.utils.set_random_seed(cfg["seed"])
     hasher = DeepIoMHasher.from_config(cfg, x.shape[1])
+    hasher.fit_input_normalization(x)
     sampler = PKSampler(y, cfg["classes_per_batch"], cfg["samples_per_class"], seed=cfg["seed"])
     steps = cfg["max_steps"] or int(np.ceil(cfg["epochs"] * len(x) / sampler.batch_size))
     chunk = min(cfg["save_steps"], steps)
     chunks = int(np.ceil(steps / chunk))
-    trainer = HashingTrainer(hasher.network, loss_settings(cfg))
+    settings = loss_settings(cfg)
+    trainer = HashingTrainer(hasher.network, settings,
+                             distillation_map(hasher.network, x, cfg["seed"]) if settings.distillation else None)
     optimizer = build_optimizer(cfg)
     trainer.compile(optimizer=optimizer)
     folder = f"{checkpoint_root}/{cfg['sub_name']}"
