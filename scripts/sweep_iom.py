@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="docs/RESULTS.md",
                         help="markdown file whose sweep block is rewritten ('' for none)")
     parser.add_argument("--checkpoint_root", default="checkpoints")
+    parser.add_argument("--cache_dir", default="outputs/sweep",
+                        help="finished runs are kept here and reused ('' for none)")
     args = parser.parse_args(argv)
 
     from arcface.errors import ConfigError
@@ -52,13 +54,16 @@ def main(argv=None) -> int:
     if not sizes or not seeds or args.n_keys < 1:
         raise ConfigError("--sizes, --seeds and --n_keys must each name at least one run")
     cfg = load_stage2_config(args.cfg_path)
-    result = run_sweep(cfg, sizes, seeds, args.n_keys, args.protocol, args.checkpoint_root,
-                       transform=args.transform)
     tag = args.protocol + ("" if args.transform == "none" else f"_{args.transform}")
     json_path = args.json or f"docs/results/sweep_iom_{tag}.json"
     plot_path = args.plot or f"docs/images/iom/sweep_{tag}.png"
     command = "python scripts/sweep_iom.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    write_outputs(result, json_path, plot_path, args.results or None, command)
+
+    def write(result):      # after every size, so an interrupted sweep leaves what it measured
+        write_outputs(result, json_path, plot_path, args.results or None, command)
+
+    run_sweep(cfg, sizes, seeds, args.n_keys, args.protocol, args.checkpoint_root,
+              transform=args.transform, cache_dir=args.cache_dir or None, on_size=write)
     print(f"sweep -> {json_path}, {plot_path}" + (f", {args.results}" if args.results else ""))
     return 0
 

@@ -184,10 +184,41 @@ def lfw_person_disjoint_training(x_base, y_base, data, fold) -> tuple[np.ndarray
             np.concatenate([y_base, labels + int(np.max(y_base)) + 1]))
 
 
+class RunCache:
+    """Finished deep-IoM runs of a sweep on disk (one JSON each), keyed by everything that
+    makes the run: the config's values, the size, seed, protocol, feature transform and data,
+    so an interrupted or extended sweep re-trains only what it has not measured yet."""
+
+    def __init__(self, folder: str | None):
+        self.folder = folder
+
+    def _path(self, key: dict) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return os.path.join(self.folder, f"{key['size']}_seed{key['seed']}_{digest}.json")
+
+    def get(self, key: dict) -> dict | None:
+        if not self.folder or not os.path.isfile(self._path(key)):
+            return None
+        with open(self._path(key)) as f:
+            return json.load(f)
+
+    def put(self, key: dict, run: dict) -> None:
+        if self.folder:
+            from arcface.data.pairs import atomic_write
+
+            os.makedirs(self.folder, exist_ok=True)
+            atomic_write(self._path(key), json.dumps(run).encode("utf-8"))
+
+
 def run_sweep(cfg, sizes: list[Size], seeds: list[int], n_keys: int, protocol: str = "train_set",
-              checkpoint_root: str = "checkpoints", log=print, transform: str = "none") -> dict:
+              checkpoint_root: str = "checkpoints", log=print, transform: str = "none",
+              cache_dir: str | None = None, on_size=None) -> dict:
     """Every figure of the sweep (JSON-ready); ``transform`` maps training and test features
-    alike (:data:`FEATURE_TRANSFORMS`), to stand in for another extractor."""
+    alike (:data:`FEATURE_TRANSFORMS`), to stand in for another extractor; finished deep-IoM
+    runs are kept in ``cache_dir`` (:class:`RunCache`) and reused; ``on_size(result)`` is
+    called with the result so far after each size."""
     from dataclasses import replace
     from arcface.verification import find_verification_sets
     from iom.evaluation.report import load_pair_data
@@ -213,9 +244,18 @@ def run_sweep(cfg, sizes: list[Size], seeds: list[int], n_keys: int, protocol: s
     out = {"config": cfg.source, "dataset": data.name, "protocol": protocol, "transform": transform,
            "dimension": int(emb.shape[1]), "seeds": list(seeds),
            "n_keys": n_keys, "raw": raw, "sizes": {}}
+    cache = RunCache(cache_dir)
     for size in sizes:
         deep_runs = []
         for seed in seeds:
+            key = {"config": {k: cfg[k] for k in sorted(cfg.keys())}, "size": str(size), "seed": int(seed),
+                   "protocol": protocol, "transform": transform, "data": data.name,
+                   "n_train": int(len(x_base)), "n_test": int(len(emb))}
+            run = cache.get(key)
+            if run is not None:
+                log(f"[sweep] deep IoM {size} seed {seed}: cached")
+                deep_runs.append(run)
+                continue
             if protocol == "train_set":
                 hasher = train_hasher(size_config(cfg, size, seed, ""), x_base, y_base,
                                       checkpoint_root=checkpoint_root, progress=False)[0]
@@ -234,6 +274,7 @@ def run_sweep(cfg, sizes: list[Size], seeds: list[int], n_keys: int, protocol: s
             if with_all_pairs:
                 run.update(all_pairs_codes(codes, size.q, data.identities))
             log(f"[sweep] deep IoM {size} seed {seed}: {run}")
+            cache.put(key, run)
             deep_runs.append(run)
         random_runs = []
         baseline = RandomIoM(size.m, size.q, emb.shape[1])
@@ -249,6 +290,8 @@ def run_sweep(cfg, sizes: list[Size], seeds: list[int], n_keys: int, protocol: s
                                    "deep": _summary(deep_runs), "random": _summary(random_runs)}
         log(f"[sweep] {size}: deep {out['sizes'][str(size)]['deep']['accuracy_mean']:.2f} "
             f"random {out['sizes'][str(size)]['random']['accuracy_mean']:.2f}")
+        if on_size is not None:
+            on_size(out)
     return out
 
 

@@ -401,6 +401,9 @@ def main(argv=None) -> int:
               f"{LITERAL_SECRET_OPTIONS[literal]}", file=sys.stderr)
         return 2
     args = _parser().parse_args(argv)
+    from arcface.cli import import_backend_quietly
+
+    import_backend_quietly()
     try:
         result = run(args)
     except (IomfaceError, OSError) as e:
