@@ -74,9 +74,13 @@ def main(argv=None) -> int:
     if args.validate_legacy:
         from arcface.pretrained import MODELS_DIR
 
-        validation = validate_against_old_code(args.validate_legacy, os.path.join(MODELS_DIR, deep[0] if deep else
-                                                                                  "iom_mobilefacenet_ms1m_512x8"),
-                                               os.path.join(workdir, "legacy_validation"))
+        name = deep[0] if deep else "iom_mobilefacenet_ms1m_512x8"
+        # the scheme is checked with a hasher both codes can read: the legacy tree's own shipped one
+        # of that name (later hashers carry layers the legacy code does not know), else ours
+        legacy_hasher = os.path.join(args.validate_legacy, "models", name)
+        validation = validate_against_old_code(
+            args.validate_legacy, legacy_hasher if os.path.isdir(legacy_hasher) else os.path.join(MODELS_DIR, name),
+            os.path.join(workdir, "legacy_validation"))
         print(f"legacy scheme vs legacy code {validation['legacy_commit'][:7]}: "
               f"{'identical' if validation['identical'] else 'DIFFERENT'}")
         if not validation["identical"]:
