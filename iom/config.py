@@ -12,7 +12,7 @@ from typing import Any
 from arcface.config import (REQUIRED, Config, Field, load_config, non_negative, positive,
                             unit_interval)
 from arcface.errors import ConfigError
-from iom.hashing.layers import parse_hidden_layer_remark
+from iom.hashing.layers import INPUT_NORMS, parse_hidden_layer_remark
 from iom.hashing.losses import BIN_LUT_KINDS, METRIC_LOSSES
 
 
@@ -54,7 +54,7 @@ STAGE2_FIELDS: dict[str, Field] = {
     "T": Field((int, float), 1.0, "softmax temperature of the head: softmax(z / T)", check=positive),
     "input_norm": Field((str,), "none", "input handling: 'none' (L2-normalised embeddings as given), "
                         "'center' (minus the training mean, re-normalised) or 'whiten' (centred and "
-                        "shrinkage-whitened with training statistics)", choices=("none", "l2", "center", "whiten")),
+                        "shrinkage-whitened with training statistics)", choices=INPUT_NORMS),
     "key_mode": Field((str,), "code", "where a user key acts: 'code' (keyed relabelling of the "
                       "code, default) or 'embedding' (the parent's key permutation of the embedding)",
                       choices=("code", "embedding")),

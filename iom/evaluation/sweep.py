@@ -27,7 +27,7 @@ import numpy as np
 
 from arcface.embed import l2_normalize
 from arcface.errors import ConfigError
-from arcface.metrics import eer, kfold_accuracy, tar_at_far
+from arcface.metrics import evaluate_scores, far_key
 from iom.evaluation.matching import hamming_similarity, one_hot_codes
 from iom.hashing.random_iom import RandomIoM
 from iom.keys import TemplateKey
@@ -124,12 +124,10 @@ def _all_pairs_summary(gen, imp) -> dict:
 
 
 def pair_metrics(scores: np.ndarray, issame: np.ndarray, folds) -> dict:
-    """The LFW protocol figures of one set of pair scores."""
-    accs, _ = kfold_accuracy(scores, issame, folds)
-    out = {"accuracy": float(np.mean(accs)) * 100.0, "eer": float(eer(scores, issame)[0])}
-    for far in FARS:
-        out[f"tar@{far:g}"] = float(tar_at_far(scores, issame, far)[0])
-    return out
+    """The LFW protocol figures of one set of pair scores (:func:`arcface.metrics.evaluate_scores`)."""
+    report = evaluate_scores(scores, issame, folds=folds, far_targets=FARS)
+    return {"accuracy": report.accuracy * 100.0, "eer": float(report.eer),
+            **{f"tar@{far:g}": float(report.tar_at_far[far_key(far)]["tar"]) for far in FARS}}
 
 
 # --------------------------------------------------------------------------- other extractors
@@ -169,7 +167,7 @@ def _summary(runs: list[dict]) -> dict:
 def size_config(cfg, size: Size, seed: int, tag: str):
     """The stage-2 config of one sweep run."""
     return cfg.replace(m=size.m, q=size.q, seed=int(seed),
-                          sub_name=f"sweep/{cfg['sub_name']}/{tag}{size}_seed{seed}", embd_shape=None)
+                       sub_name=f"sweep/{cfg['sub_name']}/{tag}{size}_seed{seed}", embd_shape=None)
 
 
 def lfw_person_disjoint_training(x_base, y_base, data, fold) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +177,7 @@ def lfw_person_disjoint_training(x_base, y_base, data, fold) -> tuple[np.ndarray
     test_people = set(data.identities[data.left[data.folds == fold]]) | \
         set(data.identities[data.right[data.folds == fold]])
     keep = np.array([i not in test_people for i in data.identities])
-    names, labels = np.unique(data.identities[keep], return_inverse=True)
+    labels = np.unique(data.identities[keep], return_inverse=True)[1]
     return (np.concatenate([x_base, data.embeddings[keep]]),
             np.concatenate([y_base, labels + int(np.max(y_base)) + 1]))
 
@@ -199,9 +197,10 @@ class RunCache:
         return os.path.join(self.folder, f"{key['size']}_seed{key['seed']}_{digest}.json")
 
     def get(self, key: dict) -> dict | None:
-        if not self.folder or not os.path.isfile(self._path(key)):
+        path = self.folder and self._path(key)
+        if not path or not os.path.isfile(path):
             return None
-        with open(self._path(key)) as f:
+        with open(path) as f:
             return json.load(f)
 
     def put(self, key: dict, run: dict) -> None:

@@ -51,6 +51,14 @@ def _eye(n):
     return ops.cast(ops.eye(n), "bool")
 
 
+def unit_cosine_matrix(x):
+    """(B, B) cosine similarities of the rows of ``x`` (any scale): ``x̂ x̂ᵀ`` with
+    ``x̂ = x / sqrt(max(‖x‖², 1e-12))``."""
+    x = ops.cast(x, "float32")
+    x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), SQ_EPS))
+    return ops.matmul(x, ops.transpose(x))
+
+
 def pairwise_cosine_angles(codes):
     """(B, B) angles ``θ_ij = arccos(clip(x̂_i · x̂_j, −1 + 1e-7, 1 − 1e-7))``.
 
@@ -58,9 +66,7 @@ def pairwise_cosine_angles(codes):
     diagonal and identical rows give a small angle (≲ 1e-3), not exactly 0; the gradient
     of a clipped entry is 0.
     """
-    x = ops.cast(codes, "float32")
-    x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), SQ_EPS))
-    cos = ops.matmul(x, ops.transpose(x))
+    cos = unit_cosine_matrix(codes)
     return ops.arccos(ops.clip(cos, -1.0 + COS_EPS, 1.0 - COS_EPS))
 
 
@@ -307,13 +313,6 @@ def circle_hamming_loss(labels, probs, margin: float = 0.25, scale: float = 64.0
     lse_p = ops.logsumexp(logit_p, axis=1)
     lse_n = ops.logsumexp(logit_n, axis=1)
     return _masked_mean(ops.softplus(lse_p + lse_n), _anchor_mask(pos, neg))
-
-
-def unit_cosine_matrix(embeddings):
-    """(B, B) cosine similarities of the rows of ``embeddings`` (any scale)."""
-    x = ops.cast(embeddings, "float32")
-    x = x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=1, keepdims=True), SQ_EPS))
-    return ops.matmul(x, ops.transpose(x))
 
 
 def similarity_distillation_loss(embeddings, probs, alpha: float, beta: float):
