@@ -119,12 +119,25 @@ def parse_hidden_layer_remark(remark) -> tuple[int, str]:
     return int(match.group(2)), "tanh" if match.group(1) else "prelu"
 
 
-def hidden_block(units: int, activation: str, name: str) -> list:
-    """One hidden layer of the hashing network."""
-    act = (keras.layers.PReLU(name=f"{name}_prelu") if activation == "prelu"
-           else keras.layers.Activation("tanh", name=f"{name}_tanh"))
-    return [keras.layers.Dense(units, use_bias=False, name=f"{name}_dense"),
-            keras.layers.BatchNormalization(name=f"{name}_bn"), act]
+#: the dtype of every layer of the hashing network, whatever the global dtype policy
+#: (a caller's ``mixed_bfloat16`` policy would otherwise change the trained hasher and its codes)
+NETWORK_DTYPE = "float32"
+
+
+def layer_seed(seed: int, *path: int) -> int:
+    """A Keras initializer seed for one layer, derived from the training ``seed`` alone
+    (not from Python's global RNG, which Keras draws on for an unseeded initializer)."""
+    return int(np.random.SeedSequence([int(seed), *map(int, path)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def hidden_block(units: int, activation: str, name: str, seed: int | None = None) -> list:
+    """One hidden layer of the hashing network (Glorot-uniform kernel seeded by ``seed``)."""
+    dtype = NETWORK_DTYPE
+    act = (keras.layers.PReLU(name=f"{name}_prelu", dtype=dtype) if activation == "prelu"
+           else keras.layers.Activation("tanh", name=f"{name}_tanh", dtype=dtype))
+    return [keras.layers.Dense(units, use_bias=False, name=f"{name}_dense", dtype=dtype,
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
+            keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype), act]
 
 
 @keras.saving.register_keras_serializable(package="iomface")
@@ -158,20 +171,26 @@ def build_hashing_network(dim: int, m: int, q: int, permutation=None, hidden_lay
     the seed project), preceded by the key permutation, the input normalisation (any mode
     but ``"none"``: an :class:`InputNormalization` layer, statistics set after fitting)
     and the optional hidden layers.
+
+    Every initial weight is a function of ``seed`` alone and every layer computes in
+    float32 (:data:`NETWORK_DTYPE`) under any global dtype policy, so that training is
+    reproducible (see :func:`iom.hashing.train.train_hasher`).
     """
     if input_norm not in INPUT_NORMS:
         raise ConfigError(f"input_norm {input_norm!r} is not one of {list(INPUT_NORMS)}")
-    inputs = keras.Input((dim,), name="embedding")
-    x = PermutationLayer(np.arange(dim) if permutation is None else permutation, name="perm_layer")(inputs)
+    dtype = NETWORK_DTYPE
+    inputs = keras.Input((dim,), name="embedding", dtype=dtype)
+    x = PermutationLayer(np.arange(dim) if permutation is None else permutation, name="perm_layer",
+                         dtype=dtype)(inputs)
     if input_norm != "none":
-        x = InputNormalization(dim, name="input_norm")(x)
+        x = InputNormalization(dim, name="input_norm", dtype=dtype)(x)
     n_hidden, activation = parse_hidden_layer_remark(hidden_layer_remark)
     for i in range(n_hidden):
-        for layer in hidden_block(hidden_units or dim, activation, f"hidden{i + 1}"):
+        for layer in hidden_block(hidden_units or dim, activation, f"hidden{i + 1}", layer_seed(seed, 1, i)):
             x = layer(x)
     logits = keras.layers.Dense(
-        m * q, name="IoMProjection",
+        m * q, name="IoMProjection", dtype=dtype,
         kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=seed))(x)
-    soft_codes, probs = SoftmaxOut(m, q, temperature, name="IoMHead")(logits)
+    soft_codes, probs = SoftmaxOut(m, q, temperature, name="IoMHead", dtype=dtype)(logits)
     return keras.Model(inputs, {"logits": logits, "soft_codes": soft_codes, "probs": probs},
                        name="deep_iom")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import warnings
 from dataclasses import dataclass
 
 import keras
@@ -48,6 +51,9 @@ class HashingTrainer(keras.Model):
 
     def __init__(self, network: keras.Model, settings: LossSettings,
                  distillation_map: tuple[float, float] | None = None, **kwargs):
+        from iom.hashing.layers import NETWORK_DTYPE
+
+        kwargs.setdefault("dtype", NETWORK_DTYPE)  # a global mixed policy would cast the batches
         super().__init__(**kwargs)
         self.network = network
         self.settings = settings
@@ -132,6 +138,42 @@ def distillation_map(network: keras.Model, embeddings: np.ndarray, seed: int, n:
     return L.fit_distillation_map(sample, probs)
 
 
+@contextlib.contextmanager
+def deterministic_ops():
+    """Within the block, backend ops give the same bits for the same inputs.
+
+    TensorFlow: op determinism is enabled (``tf.config.experimental.enable_op_determinism``;
+    TensorFlow is imported only on that backend) and put back as it was afterwards, so the
+    rest of the process is not slowed or restricted by it. JAX on CPU is deterministic as
+    it is; on a GPU, XLA is only with ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` set
+    before JAX starts (a flag that cannot be set from here), so a warning says so.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if jax.default_backend() == "gpu" and "xla_gpu_deterministic_ops=true" not in os.environ.get("XLA_FLAGS", ""):
+            warnings.warn("stage-2 training on a JAX GPU is reproducible only with "
+                          "XLA_FLAGS=--xla_gpu_deterministic_ops=true set before JAX starts", stacklevel=3)
+    if backend != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    try:  # the state to put back (no public API reads it or turns it off)
+        from tensorflow.python.framework import config as tf_config
+
+        was_on, turn_off = tf_config.is_op_determinism_enabled(), tf_config.disable_op_determinism
+    except (ImportError, AttributeError):
+        was_on, turn_off = True, None  # cannot restore: leave it on
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_on:
+            turn_off()
+
+
 class _SaveHasher(keras.callbacks.Callback):
     """Saves the hasher into the run folder at the end of every chunk of ``save_steps``."""
 
@@ -161,7 +203,22 @@ def train_stage2(cfg, checkpoint_root: str = "checkpoints", log_root: str = "log
 
 def train_hasher(cfg, x: np.ndarray, y: np.ndarray, checkpoint_root: str = "checkpoints",
                  log_root: str = "logs", progress: bool = True):
-    """:func:`train_stage2` on given training embeddings ``x`` (n, d) and labels ``y``."""
+    """:func:`train_stage2` on given training embeddings ``x`` (n, d) and labels ``y``.
+
+    Reproducible: the same config (``seed`` included) and data give the same hasher bit for
+    bit on one machine, backend and software stack, whatever ran before in the process.
+    Every random draw is derived from ``cfg["seed"]``: the initial weights
+    (:func:`~iom.hashing.layers.build_hashing_network`), the P×K batches (batch ``i`` from
+    ``(seed, i)``, in order: no shuffling) and the distillation sample; the network is
+    float32 under any global dtype policy, and backend ops run deterministically
+    (:func:`deterministic_ops`). Python's, NumPy's and the backend's global seeds are
+    also reset to ``seed``, for any draw that does not take a seed.
+    """
+    with deterministic_ops():
+        return _train_hasher(cfg, x, y, checkpoint_root, log_root, progress)
+
+
+def _train_hasher(cfg, x, y, checkpoint_root, log_root, progress):
     from arcface.callbacks import ScalarLog, TrainLogCallback
     from iom.hashing.hasher import DeepIoMHasher
     from iom.hashing.sampler import PKSampler
