@@ -3,16 +3,45 @@
 This module knows the folder format only (names, files, provenance helpers) and imports
 no model code; :func:`arcface.models.load_pretrained` builds and loads one. Every script
 that takes ``--model_path`` accepts a shipped model's name. Nothing is downloaded.
+
+Where the folder is (:data:`MODELS_DIR`): the repository's ``models/`` in a clone or an
+editable install; the package data ``iomface_models/`` in site-packages after
+``pip install .`` or a wheel (setup.py maps that package to ``models/``). Code reads
+``arcface.pretrained.MODELS_DIR`` when it runs (tests replace it), never a path of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 
 from arcface.errors import CheckpointError
 
-MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+#: the package name under which a wheel or a non-editable install carries ``models/``
+MODELS_PACKAGE = "iomface_models"
+
+
+def _find_models_dir() -> str:
+    """The shipped models folder, looked for beside the ``arcface`` package being run."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # installed (site-packages/arcface + site-packages/iomface_models): first, so that an
+    # unrelated top-level "models" folder some other distribution put in site-packages is
+    # never mistaken for ours
+    for folder in (os.path.join(root, MODELS_PACKAGE), os.path.join(root, "models")):
+        if os.path.isdir(folder):
+            return folder
+    try:  # installed elsewhere on sys.path (another prefix or target directory)
+        spec = importlib.util.find_spec(MODELS_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if os.path.isdir(folder):
+            return os.path.abspath(folder)
+    return os.path.join(root, "models")  # none: list_pretrained() is empty; errors name it
+
+
+MODELS_DIR = _find_models_dir()
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "backbone.weights.h5"
 #: the stage-1 model run_me.py, the template service, the CLI and the stage-2 configs use
