@@ -17,6 +17,11 @@ class DataFormatError(IomfaceError, ValueError):
     """A data file (RecordIO, .bin, pairs.txt, image folder) is malformed."""
 
 
+class UnalignedImageError(DataFormatError):
+    """An image given where an aligned face crop is expected is not ``input_size`` pixels a
+    side (a raw photo): align it first (``--align``, scripts/align_dataset.py)."""
+
+
 class ImageDecodeError(DataFormatError):
     """Bytes or a file could not be decoded as an image."""
 

@@ -26,10 +26,32 @@ def resolve_weights(cfg, model_path: str | os.PathLike | None = None,
         beside = weights_beside_config(getattr(cfg, "source", None))
         if beside is not None:
             return beside
-    path = model_path or os.path.join(checkpoint_root, cfg["sub_name"])
+        return _trained_weights(cfg, os.path.join(checkpoint_root, cfg["sub_name"]), checkpoint_root)
+    path = model_path
     if is_pretrained_name(path) and not os.path.exists(path):
         path = pretrained_files(path)[1]
     return resolve_backbone_weights(path)
+
+
+def _trained_weights(cfg, run_folder: str, checkpoint_root: str) -> str:
+    """The weights of the config's own training run, or a :class:`CheckpointError` that says
+    the config has not been trained: the config, the folder looked in, the command that
+    trains it and the shipped alternative."""
+    from arcface.checkpoint import resolve_backbone_weights
+    from arcface.errors import CheckpointError
+    from arcface.pretrained import DEFAULT_MODEL
+
+    try:
+        return resolve_backbone_weights(run_folder)
+    except CheckpointError:
+        source = getattr(cfg, "source", None) or f"the config of {cfg['sub_name']!r}"
+        root = "" if os.path.normpath(checkpoint_root) == "checkpoints" else f" --checkpoint_root {checkpoint_root}"
+        raise CheckpointError(
+            f"{source} has not been trained yet: no checkpoint in {os.path.abspath(run_folder)} "
+            f"(its run folder, {checkpoint_root}/<sub_name>). Train it with "
+            f"`python scripts/train_arcface.py --cfg_path {source}{root}`, pass --model_path with "
+            f"its weights (.weights.h5, checkpoint or run folder), or use the shipped model instead: "
+            f"--model_path {DEFAULT_MODEL} (without --cfg_path)") from None
 
 
 def weights_file_arrays(path: str | os.PathLike) -> int:

@@ -1,7 +1,20 @@
-"""Extract L2-normalised embeddings of aligned face images.
+"""Extract L2-normalised embeddings of face images.
 
     python scripts/get_embd.py [--cfg_path configs/X.yaml] [--model_path NAME_OR_PATH]
-        --read_path IMG_OR_DIR --save_path out.npz [--flip]
+        --read_path IMG_OR_DIR --save_path out.npz [--flip] [--align]
+
+The model embeds aligned face crops of its input_size (112x112 for every shipped model:
+MTCNN five-point alignment to the ArcFace template, what scripts/align_dataset.py writes).
+Without --align every input must already be such a crop: an image of any other size (a raw
+photo) is refused before anything is embedded, and nothing is written (exit 2), because the
+resized photo's embedding says little about the face in it. With --align each image goes
+through MTCNN detection and the five-point warp first (the most central face of each); an
+image where no usable face is found is an error naming it, and nothing is written. For a
+large folder, align it once with scripts/align_dataset.py (resumable, its manifest lists the
+photos without a face) and embed the aligned copy.
+
+With neither --cfg_path nor --model_path, the shipped default model mobilefacenet_ms1m
+(models/mobilefacenet_ms1m/) is used.
 
 The .npz holds ``names`` (paths relative to --read_path, unicode) and ``embeddings``
 (float32, n x embd_shape), plus ``labels`` when --read_path is an identity folder;
@@ -14,36 +27,123 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from arcface.cli import fail_cleanly  # noqa: E402
+from arcface.cli import CFG_PATH_HELP, MODEL_PATH_HELP, fail_cleanly  # noqa: E402
+
+#: images per MTCNN call (and per embedding batch) with --align
+ALIGN_CHUNK = 32
+#: unaligned or faceless inputs an error message names before "and N more"
+SHOWN = 5
+
+
+def _listing(items: list[str]) -> str:
+    more = f", and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return ", ".join(items[:SHOWN]) + more
+
+
+def check_aligned(names, paths, size: int, read_path: str) -> None:
+    """Refuse (:class:`~arcface.errors.UnalignedImageError`) inputs that are not ``size`` x
+    ``size`` crops, reading only the image headers; the message names them and the fix."""
+    from arcface.data.images import image_size
+    from arcface.errors import UnalignedImageError
+
+    wrong = []
+    for name, path in zip(names, paths):
+        width, height = image_size(path)
+        if (width, height) != (size, size):
+            wrong.append((name, f"{width}x{height}"))
+    if not wrong:
+        return
+    src = read_path if len(paths) > 1 else "DIR"
+    fix = (f"pass --align to detect and align the faces with MTCNN, or align a folder once with "
+           f"`python scripts/align_dataset.py --src {src} --dst ALIGNED_DIR` and embed ALIGNED_DIR; "
+           f"nothing was written")
+    if len(paths) == 1:
+        raise UnalignedImageError(f"{paths[0]} is {wrong[0][1]}, not an aligned "
+                                  f"{size}x{size} face crop (the model's input_size): {fix}")
+    raise UnalignedImageError(f"{len(wrong)} of {len(paths)} images in {read_path} are not aligned "
+                              f"{size}x{size} face crops (the model's input_size): "
+                              f"{_listing([f'{name} ({dims})' for name, dims in wrong])}. "
+                              f"To embed them, {fix}")
+
+
+def embed_aligned(embedder, names, paths, size: int, center_crop: bool):
+    """Detect, align (MTCNN, five points) and embed each image; an image without a usable face
+    is an error (:class:`~arcface.errors.IomfaceError`, the detector's own type for a single
+    image) naming every such image."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from arcface.align import FaceAligner
+    from arcface.data.loader import fit_to_size
+    from arcface.errors import DataFormatError
+
+    aligner = FaceAligner(size=size, batch_size=ALIGN_CHUNK)
+    chunks, failed = [], []
+    with tqdm(total=len(paths), desc="aligning + embedding", unit="img") as bar:
+        for start in range(0, len(paths), ALIGN_CHUNK):
+            results = aligner.align_batch(paths[start:start + ALIGN_CHUNK])
+            crops = []
+            for name, result in zip(names[start:], results):
+                if isinstance(result, BaseException):
+                    failed.append((name, result))
+                else:
+                    crops.append(fit_to_size(result[0].image, size, center_crop))
+            if crops and not failed:
+                chunks.append(embedder.embed_arrays(np.stack(crops)))
+            bar.update(len(results))
+    if len(paths) == 1 and failed:
+        raise failed[0][1]
+    if failed:
+        reasons = [f"{name} ({type(e).__name__})" for name, e in failed]
+        raise DataFormatError(f"--align: no usable face in {len(failed)} of {len(paths)} images: "
+                              f"{_listing(reasons)}; nothing was written. Align the folder with "
+                              f"scripts/align_dataset.py (its manifest lists the failures, "
+                              f"--fallback center keeps a centre crop) and embed the aligned copy")
+    return np.concatenate(chunks)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg_path", default=None,
-                        help="YAML config (default: the config of the shipped model --model_path names, "
-                             "else of the default model, mobilefacenet_ms1m)")
-    parser.add_argument("--model_path", default=None,
-                        help="a shipped model's name (models/), backbone .weights.h5, checkpoint or run folder")
-    parser.add_argument("--read_path", required=True, help="an image file or a folder of images")
+    parser.add_argument("--cfg_path", default=None, help=CFG_PATH_HELP)
+    parser.add_argument("--model_path", default=None, help=MODEL_PATH_HELP)
+    parser.add_argument("--read_path", required=True,
+                        help="an image file, a folder of images or an identity folder (one sub-folder "
+                             "per person); aligned input_size crops unless --align")
     parser.add_argument("--save_path", required=True, help="output .npz")
-    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--flip", action="store_true",
+                        help="flip test: add the embedding of the mirror image (also on if the config's "
+                             "flip_test says so)")
+    parser.add_argument("--align", action="store_true",
+                        help="detect and align each image's face (MTCNN, five-point warp to the ArcFace "
+                             "template, the most central face) before embedding: for raw photos")
     args = parser.parse_args(argv)
 
+    from arcface.cli import stage1_config_path
     from arcface.config import load_config
-    from arcface.pretrained import resolve_config_path
-    from arcface.embed import Embedder
     from arcface.embeddings_io import list_images, save_embeddings
-    from arcface.models import load_backbone
+    from arcface.models import load_backbone, resolve_weights
 
-    cfg = load_config(resolve_config_path(args.cfg_path, args.model_path))
+    cfg = load_config(stage1_config_path(args.cfg_path, args.model_path))
     names, paths, labels, class_names = list_images(args.read_path)
-    backbone = load_backbone(cfg, args.model_path)
-    embedder = Embedder(backbone, cfg["eval_batch_size"], cfg["input_size"],
+    size = cfg["input_size"]
+    if not args.align:
+        check_aligned(names, paths, size, args.read_path)
+    weights = resolve_weights(cfg, args.model_path)
+    print(f"model: {weights} (config {cfg.source})", flush=True)
+
+    from arcface.embed import Embedder
+
+    backbone = load_backbone(cfg, weights)
+    embedder = Embedder(backbone, cfg["eval_batch_size"], size,
                         flip=args.flip or cfg["flip_test"], center_crop=cfg["is_ccrop"],
                         workers=cfg["workers"])
-    embeddings = embedder.embed_items(paths, progress=True)
+    if args.align:
+        embeddings = embed_aligned(embedder, names, paths, size, cfg["is_ccrop"])
+    else:
+        embeddings = embedder.embed_items(paths, progress=True)
     save_embeddings(args.save_path, names, embeddings, labels, class_names)
-    print(f"saved {len(names)} embeddings of dimension {embeddings.shape[1]} to {args.save_path}")
+    print(f"saved {len(names)} embeddings of dimension {embeddings.shape[1]} to {args.save_path}"
+          f"{' (faces aligned with MTCNN)' if args.align else ''}")
     return 0
 
 

@@ -23,9 +23,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg_path", required=True, help="stage-2 YAML config")
     parser.add_argument("--model_path", default=None,
-                        help="saved hasher folder (default checkpoints/<sub_name>, then models/<sub_name>)")
+                        help="saved hasher folder (default: checkpoints/<sub_name> when it holds a trained "
+                             "hasher, else the shipped models/<sub_name>; a warning says when the first "
+                             "hides the second). The folder evaluated is printed")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
-    parser.add_argument("--plots", default=None, help="folder for ROC/DET and unlinkability plots")
+    parser.add_argument("--plots", default=None,
+                        help="folder for ROC/DET and unlinkability plots (each file written is printed)")
     parser.add_argument("--calibration", default=None,
                         help="write the decision threshold at target_far (for the template service)")
     parser.add_argument("--cancelability", action="store_true", help="only the key scenarios")
@@ -37,15 +40,20 @@ def main(argv=None) -> int:
 
     from iom.config import load_stage2_config
     from iom.evaluation.report import evaluate_stage2
-    from iom.hashing.hasher import DeepIoMHasher, find_hasher
+    from iom.hashing.hasher import DeepIoMHasher, locate_hasher
 
     cfg = load_stage2_config(args.cfg_path)
-    hasher = DeepIoMHasher.load(find_hasher(cfg, args.model_path))
+    where = locate_hasher(cfg, args.model_path)
+    print(f"hasher: {where.describe()}", flush=True)
+    warning = where.shadow_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    hasher = DeepIoMHasher.load(where.folder)
     if args.key_mode:
         hasher.key_mode = args.key_mode
     evaluate_stage2(cfg, hasher, json_path=args.json, plot_dir=args.plots,
                     with_random=not args.no_random, cancelability_only=args.cancelability,
-                    n_draws=args.n_draws, calibration_path=args.calibration)
+                    n_draws=args.n_draws, calibration_path=args.calibration, hasher_folder=where.folder)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -495,3 +496,59 @@ def test_plots_written(tmp_path):
     assert hist.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(DataFormatError):
         save_score_histogram([], [], tmp_path / "x.png", "empty")
+
+
+def test_det_transform_is_the_normal_deviate():
+    """The DET axes are probit(FAR) and probit(FRR) (Martin et al. 1997): scipy's norm.ppf on
+    known points; rates of exactly 0 or 1 (infinitely far) are left out, not clipped."""
+    from scipy.stats import norm
+
+    from arcface.plots import det_points, probit
+
+    p = np.array([1e-4, 1e-3, 0.01, 0.05, 0.2, 0.4, 0.5, 0.8, norm.cdf(1.0)])
+    np.testing.assert_allclose(probit(p), norm.ppf(p), rtol=1e-12, atol=1e-12)
+    known = {0.5: 0.0, 0.01: -2.3263478740408408, 0.001: -3.090232306167813, 0.2: -0.8416212335729143}
+    for rate, deviate in known.items():
+        assert probit(rate) == pytest.approx(deviate, abs=1e-9)
+    assert probit(norm.cdf(1.0)) == pytest.approx(1.0, abs=1e-12)
+
+    fpr = np.array([0.0, 0.001, 0.01, 0.2, 0.5, 1.0])
+    tpr = np.array([0.3, 0.6, 0.9, 0.99, 1.0, 1.0])               # FRR 0.7 0.4 0.1 0.01 0 0
+    x, y = det_points(fpr, tpr)
+    np.testing.assert_allclose(x, norm.ppf([0.001, 0.01, 0.2]))
+    np.testing.assert_allclose(y, norm.ppf([0.4, 0.1, 0.01]))
+
+
+def test_det_figure_axes_and_legend_placement(tmp_path):
+    """DET: normal-deviate axes ticked in % (0.01 … 40), each curve probit(FAR) vs probit(FRR);
+    ROC and DET legends sit outside (under) the axes, so no curve region is covered."""
+    from scipy.stats import norm
+
+    from arcface.plots import DET_TICKS_PERCENT, det_figure, roc_figure, save_roc_det
+
+    r1, r2 = _two_reports()
+    fig = det_figure([r1, r2])
+    ax = fig.axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "linear"         # the deviates themselves
+    for ticks, labels in ((ax.get_xticks(), ax.get_xticklabels()), (ax.get_yticks(), ax.get_yticklabels())):
+        np.testing.assert_allclose(ticks, norm.ppf(np.array(DET_TICKS_PERCENT) / 100))
+        assert [t.get_text() for t in labels][:6] == ["0.01", "0.1", "1", "5", "20", "40"]
+    line = ax.get_lines()[0]
+    fpr, frr = np.asarray(r1.fpr), 1 - np.asarray(r1.tpr)
+    keep = (fpr > 0) & (fpr < 1) & (frr > 0) & (frr < 1)
+    np.testing.assert_allclose(line.get_xdata(), norm.ppf(fpr[keep]))
+    np.testing.assert_allclose(line.get_ydata(), norm.ppf(frr[keep]))
+    assert line.get_label().startswith("arcface-r50 (AUC=")
+
+    for figure in (fig, roc_figure([r1, r2])):
+        figure.canvas.draw()
+        axes_box = figure.axes[0].get_window_extent()
+        legend_box = figure.axes[0].get_legend().get_window_extent()
+        assert legend_box.y1 <= axes_box.y0                       # wholly under the axes
+        assert len(figure.axes[0].get_legend().get_texts()) == 2  # the EER diagonal is unlabelled
+
+    paths = save_roc_det([r1, r2], tmp_path / "curves")
+    for p in paths:
+        with open(p, "rb") as fh:
+            assert fh.read(8) == PNG_MAGIC
+        assert os.path.getsize(p) > 5000

@@ -151,3 +151,128 @@ def test_missing_model_path_exits_2(setup, script, extra):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(missing) in errors[0], out
     assert not (setup["root"] / "x.npz").exists()
+
+
+# --------------------------------------------------------------------------- issue 13: traps
+RAW_PHOTO = ("raw", "lfw", "Aaron_Peirsol", "Aaron_Peirsol_0001.jpg")     # a 250x250 LFW original
+
+
+def load_script(name: str):
+    """A script's module (its main() raises the typed errors fail_cleanly turns into exit 2)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_get_embd_refuses_a_raw_photo_without_align(tmp_path):
+    from tests.conftest import shared_data
+
+    photo = shared_data(*RAW_PHOTO)
+    out = tmp_path / "out" / "emb.npz"
+    proc = run_script("get_embd.py", "--read_path", photo, "--save_path", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert str(photo) in error and "250x250" in error and "112x112" in error
+    assert "--align" in error and "scripts/align_dataset.py" in error and "nothing was written" in error
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_get_embd_refusal_is_typed_and_names_each_unaligned_image(setup, tmp_path):
+    from arcface.errors import DataFormatError, UnalignedImageError
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        cv2.imwrite(str(folder / f"aligned_{k}.jpg"), face(rng))
+    cv2.imwrite(str(folder / "photo.jpg"), cv2.resize(face(rng), (160, 120)))
+    out = tmp_path / "x.npz"
+    get_embd = load_script("get_embd")
+    with pytest.raises(UnalignedImageError, match=r"1 of 3 images .* photo\.jpg \(160x120\).*--align") as e:
+        get_embd.main(["--cfg_path", str(setup["cfg_path"]), "--model_path", str(setup["weights"]),
+                       "--read_path", str(folder), "--save_path", str(out)])
+    assert isinstance(e.value, DataFormatError)
+    assert f"--src {folder}" in str(e.value)                      # the folder command, ready to run
+    assert not out.exists()
+
+
+def test_get_embd_align_embeds_a_raw_photo_like_its_aligned_crop(tmp_path):
+    """No --cfg_path/--model_path: the shipped default model; --align makes the raw photo's
+    embedding that of the face (the aligned LFW crop of the same photo), which the resized
+    raw photo's is not."""
+    from tests.conftest import shared_data
+
+    from arcface.models import load_pretrained
+    from arcface.pretrained import DEFAULT_MODEL
+
+    photo = shared_data(*RAW_PHOTO)
+    crop = shared_data("lfw_112", *RAW_PHOTO[2:])
+    out = tmp_path / "emb.npz"
+    proc = run_script("get_embd.py", "--align", "--read_path", photo, "--save_path", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"models/{DEFAULT_MODEL}/" in proc.stdout                # the default, as --help says
+    assert "saved 1 embeddings of dimension 192" in proc.stdout and "aligned with MTCNN" in proc.stdout
+    with np.load(out, allow_pickle=False) as data:
+        names, emb = list(data["names"]), data["embeddings"]
+    assert names == [photo.name] and emb.shape == (1, 192)
+
+    cfg, backbone = load_pretrained(DEFAULT_MODEL)
+    embed = Embedder(backbone, 8, cfg["input_size"], workers=1)
+    aligned, resized = embed.embed_items([str(crop)]), embed.embed_items([str(photo)])
+    assert float(emb[0] @ aligned[0]) > 0.9                       # measured: 0.99
+    assert float(resized[0] @ aligned[0]) < 0.5                   # the trap: 0.19
+
+
+def test_get_embd_help_states_the_defaults_it_applies():
+    from arcface.pretrained import DEFAULT_MODEL
+
+    proc = run_script("get_embd.py", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())                           # argparse wraps lines
+    assert f"when neither option is given, the shipped default model {DEFAULT_MODEL}" in text
+    assert "Required for any other --model_path" in text
+    assert "--align" in text and "MTCNN" in text
+    assert "checkpoints/<sub_name>" in text                        # the --model_path default
+
+
+def test_stage1_config_path_defaults(tmp_path):
+    """What --help says: shipped name → its config; model folder (or a file in it) → its
+    config.yaml; neither → the default model's; any other path → a ConfigError saying what to pass."""
+    from arcface.cli import stage1_config_path
+    from arcface.errors import CheckpointError, ConfigError
+    from arcface.pretrained import DEFAULT_MODEL, MODELS_DIR
+
+    default_cfg = os.path.join(MODELS_DIR, DEFAULT_MODEL, "config.yaml")
+    assert stage1_config_path(None, None) == default_cfg
+    assert stage1_config_path(None, DEFAULT_MODEL) == default_cfg
+    assert stage1_config_path("x.yaml", DEFAULT_MODEL) == "x.yaml"
+    folder = os.path.join(MODELS_DIR, DEFAULT_MODEL)
+    assert stage1_config_path(None, folder) == default_cfg
+    assert stage1_config_path(None, os.path.join(folder, "backbone.weights.h5")) == default_cfg
+    bare = tmp_path / "w.weights.h5"
+    bare.write_bytes(b"")
+    with pytest.raises(ConfigError, match="pass --cfg_path"):
+        stage1_config_path(None, str(bare))
+    with pytest.raises(CheckpointError, match="no such file"):
+        stage1_config_path(None, str(tmp_path / "missing.weights.h5"))
+
+
+def test_evaluate_on_an_untrained_config_says_so(tmp_path):
+    """The README's example before training: one error naming the config, the folder looked in,
+    the training command and the shipped alternative; exit 2, before any data is read."""
+    cfg = REPO / "configs" / "arc_mbfn_celeba_tiny.yaml"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--cfg_path", str(cfg)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert f"{cfg} has not been trained yet" in error
+    assert str(tmp_path / "checkpoints" / "arc_mbfn_celeba_tiny") in error
+    assert f"python scripts/train_arcface.py --cfg_path {cfg}" in error
+    assert "--model_path mobilefacenet_ms1m" in error
+    assert not (tmp_path / "outputs").exists()

@@ -27,7 +27,7 @@ import numpy as np
 
 from arcface.errors import ImageDecodeError, ImageTooLargeError
 
-__all__ = ["decode_image", "encode_jpeg", "encode_png", "MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES"]
+__all__ = ["decode_image", "image_size", "encode_jpeg", "encode_png", "MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES"]
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -322,6 +322,20 @@ def _to_rgb_uint8(img: np.ndarray, source: str) -> np.ndarray:
     if channels == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     raise ImageDecodeError(f"{source}: unexpected number of channels {channels}")
+
+
+def image_size(path: str | os.PathLike, max_bytes: int = 1 << 20) -> tuple[int, int]:
+    """``(width, height)`` of the image file at ``path`` from its header alone (the first
+    ``max_bytes`` are read, nothing is decoded); :class:`ImageDecodeError` for a file that is
+    not an image in a supported format, :class:`ImageTooLargeError` over the decode limits."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            buf = f.read(max_bytes)
+    except OSError as e:
+        raise ImageDecodeError(f"{source}: cannot read image ({e.strerror or e})") from None
+    _, head = _check_header(buf, source)
+    return head.width, head.height
 
 
 def decode_image(data: BytesLike | str | os.PathLike) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -125,15 +126,79 @@ class DeepIoMHasher:
         return hasher
 
 
-def find_hasher(cfg, model_path: str | None = None, checkpoint_root: str = "checkpoints") -> str:
-    """The hasher folder for a stage-2 config: ``model_path``, else
-    ``checkpoints/<sub_name>``, else the shipped ``models/<sub_name>``."""
+@dataclass(frozen=True)
+class HasherLocation:
+    """Where :func:`locate_hasher` found a hasher: ``folder``; ``origin``, one of
+    ``"checkpoints"`` (a trained run under the checkpoint root), ``"models"`` (a shipped
+    hasher, under :data:`arcface.pretrained.MODELS_DIR`) or ``"path"`` (elsewhere); ``given``,
+    whether ``--model_path`` named it; ``shadowed``, the shipped ``models/<sub_name>`` folder
+    that a ``checkpoints/`` copy of the same name hides (else ``None``)."""
+
+    folder: str
+    origin: str
+    given: bool = False
+    shadowed: str | None = None
+
+    def describe(self) -> str:
+        """One line: the folder (absolute) and where it came from."""
+        where = {"checkpoints": "a trained checkpoint under checkpoints/",
+                 "models": "the shipped hasher under models/",
+                 "path": "a saved hasher folder"}[self.origin]
+        how = "given by --model_path" if self.given else "the config's sub_name"
+        return f"{os.path.abspath(self.folder)} ({where}; {how})"
+
+    def shadow_warning(self) -> str | None:
+        """The warning to print when a ``checkpoints/`` hasher hides a shipped one, else None."""
+        if self.shadowed is None:
+            return None
+        same = _same_files(self.folder, self.shadowed)
+        return (f"warning: {self.folder} shadows the shipped hasher of the same name, "
+                f"{self.shadowed} ({'identical files' if same else 'different weights or spec'}); "
+                f"evaluating the checkpoint. Pass --model_path {self.shadowed} to evaluate the shipped one")
+
+
+def _same_files(a: str, b: str) -> bool:
+    import filecmp
+
+    return all(filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False)
+               for f in (SPEC_FILE, WEIGHTS_FILE))
+
+
+def _inside(folder: str, root: str) -> bool:
+    folder, root = os.path.realpath(folder), os.path.realpath(root)
+    return os.path.commonpath([folder, root]) == root
+
+
+def locate_hasher(cfg, model_path: str | None = None, checkpoint_root: str = "checkpoints") -> HasherLocation:
+    """The hasher folder for a stage-2 config and where it comes from: ``model_path``, else
+    ``checkpoints/<sub_name>`` (a trained run takes precedence; ``shadowed`` names the shipped
+    folder of the same name when there is one), else the shipped ``models/<sub_name>``."""
     from arcface.pretrained import MODELS_DIR
 
-    candidates = [model_path] if model_path else [os.path.join(checkpoint_root, cfg["sub_name"]),
-                                                  os.path.join(MODELS_DIR, cfg["sub_name"])]
-    for folder in candidates:
-        if folder and os.path.isfile(os.path.join(folder, SPEC_FILE)):
-            return folder
+    def saved(folder) -> bool:
+        return bool(folder) and os.path.isfile(os.path.join(folder, SPEC_FILE))
+
+    if model_path:
+        model_path = os.fspath(model_path)
+        candidates = [model_path]
+        if saved(model_path):
+            origin = ("models" if _inside(model_path, MODELS_DIR) else
+                      "checkpoints" if _inside(model_path, checkpoint_root) else "path")
+            return HasherLocation(model_path, origin, given=True)
+    else:
+        trained = os.path.join(checkpoint_root, cfg["sub_name"])
+        shipped = os.path.join(MODELS_DIR, cfg["sub_name"])
+        candidates = [trained, shipped]
+        if saved(trained):
+            return HasherLocation(trained, "checkpoints", shadowed=shipped if saved(shipped) else None)
+        if saved(shipped):
+            return HasherLocation(shipped, "models")
     raise CheckpointError(f"no saved hasher in {' or '.join(map(str, candidates))}; train one with "
                           "scripts/train_twostage_tripletloss_online.py")
+
+
+def find_hasher(cfg, model_path: str | None = None, checkpoint_root: str = "checkpoints") -> str:
+    """The hasher folder for a stage-2 config: ``model_path``, else
+    ``checkpoints/<sub_name>``, else the shipped ``models/<sub_name>``
+    (:func:`locate_hasher` also says which, and what a checkpoint shadows)."""
+    return locate_hasher(cfg, model_path, checkpoint_root).folder
