@@ -28,6 +28,13 @@ def _optional_str_or_list(value) -> str | None:
     return None
 
 
+def _far_list(value) -> str | None:
+    if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+                            for v in value):
+        return "must be a non-empty list of FARs in (0, 1)"
+    return None
+
+
 #: Stage-2 keys. Those marked "parent's key" are accepted so IoMArcFace configs load.
 STAGE2_FIELDS: dict[str, Field] = {
     # general
@@ -102,8 +109,16 @@ STAGE2_FIELDS: dict[str, Field] = {
                                     "identity folder (or, with test_embeddings, its .npz with labels)"),
     "gallery_per_class": Field((int,), 1, "identification: gallery images per enrolled identity",
                                check=positive),
-    "target_far": Field((int, float), 1e-3, "FAR of the calibration threshold written by the evaluation",
-                        check=unit_interval),
+    "target_far": Field((int, float), 1e-3, "FAR of the default operating point of the calibration "
+                        "(the template service's default threshold)", check=unit_interval),
+    "calibration_fars": Field((list,), [1e-2, 1e-3, 1e-4], "FARs of the calibration's operating points",
+                              check=_far_list),
+    "calibration_identities": Field((int,), 0, "identities of the training data held out of training "
+                                    "(a fixed draw), to calibrate the decision thresholds on "
+                                    "(0: none; the calibration then needs calibration_dataset)",
+                                    check=non_negative),
+    "calibration_dataset": Field((str, type(None)), None, "identity folder to calibrate on instead of "
+                                 "held-out training identities (disjoint from training and test data)"),
     "n_fresh_keys": Field((int,), 5, "cancelability: key draws per scenario", check=positive),
     "flip_test": Field((bool,), False, "sum embeddings of the image and its mirror at evaluation"),
     "is_ccrop": Field((bool,), False, "central crop before the stage-1 model"),
@@ -130,6 +145,10 @@ def finalize_stage2(cfg: Config) -> Config:
         raise ConfigError(f"{src}: set one of 'train_dataset' and 'train_embeddings', not both")
     if cfg["train_dataset"] and not cfg["stage1_model"]:
         raise ConfigError(f"{src}: key 'stage1_model' is required to embed 'train_dataset'")
+    if cfg["calibration_identities"] and cfg["calibration_dataset"]:
+        raise ConfigError(f"{src}: set one of 'calibration_identities' and 'calibration_dataset', not both")
+    if cfg["target_far"] not in cfg["calibration_fars"]:
+        changes["calibration_fars"] = sorted({*cfg["calibration_fars"], cfg["target_far"]}, reverse=True)
     return cfg.replace(**changes)
 
 

@@ -143,33 +143,55 @@ def evaluation_source(cfg):
     return PrecomputedEmbeddings(cfg["test_embeddings"]) if cfg["test_embeddings"] else FeatureExtractor(cfg)
 
 
-def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(embeddings, labels)`` to train the hashing head on: ``train_embeddings`` as given,
-    or ``train_dataset`` embedded by the stage-1 model (plus its mirror images when
-    ``flip_augment``)."""
+#: stream of the seeded draw of held-out calibration identities (apart from training's streams)
+CALIBRATION_STREAM = 0xCA11B
+
+
+def _training_views(cfg, extractor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(embeddings, labels, mirrored)`` of the training data (every identity, before any is
+    held out); ``mirrored`` marks the rows of mirror images."""
     if cfg["train_embeddings"]:
         data = load_embeddings(cfg["train_embeddings"])
         if data.labels is None:
             raise DataFormatError(f"{cfg['train_embeddings']}: training embeddings need 'labels'")
-        x, y = unit_rows(data.embeddings, cfg["train_embeddings"]), data.labels
-    elif cfg["train_dataset"]:
-        extractor = extractor or FeatureExtractor(cfg)
-        folders = cfg["train_dataset"] if isinstance(cfg["train_dataset"], list) else [cfg["train_dataset"]]
-        xs, ys, offset = [], [], 0
-        for folder in folders:
-            data = extractor.embed_folder(folder)
-            if data.labels is None:
-                raise DataFormatError(f"{folder}: needs one sub-folder per identity")
-            views = [data]
-            if cfg["flip_augment"]:
-                views.append(extractor.embed_folder(folder, mirror=True))
-            for view in views:                     # identities of different folders stay apart
-                xs.append(view.embeddings)
-                ys.append(np.asarray(view.labels, np.int64) + offset)
-            offset += int(np.max(data.labels)) + 1
-        x, y = np.concatenate(xs), np.concatenate(ys)
-    else:
+        x, y = unit_rows(data.embeddings, cfg["train_embeddings"]), np.asarray(data.labels, np.int64)
+        return x, y, np.zeros(len(x), bool)
+    if not cfg["train_dataset"]:
         raise ConfigError(f"{cfg.source}: set 'train_dataset' or 'train_embeddings'")
+    extractor = extractor or FeatureExtractor(cfg)
+    folders = cfg["train_dataset"] if isinstance(cfg["train_dataset"], list) else [cfg["train_dataset"]]
+    xs, ys, ms, offset = [], [], [], 0
+    for folder in folders:
+        data = extractor.embed_folder(folder)
+        if data.labels is None:
+            raise DataFormatError(f"{folder}: needs one sub-folder per identity")
+        views = [(data, False)]
+        if cfg["flip_augment"]:
+            views.append((extractor.embed_folder(folder, mirror=True), True))
+        for view, mirrored in views:           # identities of different folders stay apart
+            xs.append(view.embeddings)
+            ys.append(np.asarray(view.labels, np.int64) + offset)
+            ms.append(np.full(len(view.embeddings), mirrored))
+        offset += int(np.max(data.labels)) + 1
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)
+
+
+def held_out_identities(labels: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` identities (label values, sorted) held out of training to calibrate on: a fixed
+    seeded draw, independent of the training seed, so every seed of a recipe (and every
+    config on the same data) holds out the same people."""
+    ids = np.unique(labels)
+    if n >= len(ids):
+        raise ConfigError(f"calibration_identities is {n}, but the training data has only {len(ids)} "
+                          "identities: at least one must remain for training")
+    return np.sort(np.random.default_rng(CALIBRATION_STREAM).choice(ids, n, replace=False))
+
+
+def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings, labels)`` to train the hashing head on: ``train_embeddings`` as given,
+    or ``train_dataset`` embedded by the stage-1 model (plus its mirror images when
+    ``flip_augment``), less the ``calibration_identities`` held out for calibration."""
+    x, y, _ = _training_views(cfg, extractor)
     if cfg["embd_shape"] and x.shape[1] != cfg["embd_shape"]:
         raise ConfigError(f"{cfg.source}: embd_shape is {cfg['embd_shape']} but the embeddings have "
                           f"dimension {x.shape[1]}")
@@ -177,4 +199,29 @@ def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple
     if cfg["num_classes"] and cfg["num_classes"] != n_classes:
         raise ConfigError(f"{cfg.source}: num_classes is {cfg['num_classes']} but the training data "
                           f"has {n_classes} identities")
+    if cfg["calibration_identities"]:
+        train = ~np.isin(y, held_out_identities(y, cfg["calibration_identities"]))
+        x, y = x[train], y[train]
     return x, y
+
+
+def calibration_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(embeddings, labels, description)`` to calibrate the decision thresholds on, disjoint
+    from training: the held-out ``calibration_identities`` (original images only: a mirror
+    image is not an independent sample) or ``calibration_dataset``."""
+    if cfg["calibration_dataset"]:
+        extractor = extractor or evaluation_source(cfg)
+        data = extractor.embed_folder(cfg["calibration_dataset"])
+        if data.labels is None:
+            raise DataFormatError(f"{cfg['calibration_dataset']}: calibration needs one sub-folder per identity")
+        name = os.path.basename(os.path.normpath(cfg["calibration_dataset"]))
+        return data.embeddings, np.asarray(data.labels, np.int64), f"{name} (calibration_dataset)"
+    if not cfg["calibration_identities"]:
+        raise ConfigError(f"{cfg.source}: nothing to calibrate on: set 'calibration_identities' (training "
+                          "identities held out of training) or 'calibration_dataset' (an identity folder "
+                          "disjoint from training and test data)")
+    x, y, mirrored = _training_views(cfg, extractor)
+    keep = np.isin(y, held_out_identities(y, cfg["calibration_identities"])) & ~mirrored
+    source = cfg["train_dataset"] or cfg["train_embeddings"]
+    names = ", ".join(os.path.basename(os.path.normpath(s)) for s in (source if isinstance(source, list) else [source]))
+    return (x[keep], y[keep], f"{cfg['calibration_identities']} identities of {names} held out of training")

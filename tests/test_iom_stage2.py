@@ -16,7 +16,7 @@ import pytest
 from arcface.config import validate_config
 from arcface.data.pairs import LfwPair, write_lfw_pairs
 from arcface.embeddings_io import save_embeddings
-from arcface.errors import ConfigError
+from arcface.errors import CheckpointError, ConfigError
 from arcface.metrics import auc
 from iom.config import STAGE2_FIELDS, finalize_stage2, load_stage2_config
 from iom.evaluation.cancelability import cancelability_report, run_scenarios
@@ -193,7 +193,8 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
         "classes_per_batch: 3\nsamples_per_class: 2\nmax_steps: 6\nsave_steps: 3\n"
         f"train_dataset: '{faces}'\ntest_dataset: ['{pairs_dir}', '{tmp_path / 'pairs_bin.bin'}']\n"
         f"identification_dataset: '{faces}'\n"
-        f"cache_dir: '{tmp_path / 'cache'}'\nn_fresh_keys: 2\neval_batch_size: 16\ntarget_far: 0.1\n")
+        f"cache_dir: '{tmp_path / 'cache'}'\nn_fresh_keys: 2\neval_batch_size: 16\ntarget_far: 0.1\n"
+        "calibration_identities: 2\n")
     ckpt = tmp_path / "ckpt"
     done = run_script("train_twostage_tripletloss_online.py", "--cfg_path", cfg,
                       "--checkpoint_root", ckpt, "--log_root", tmp_path / "logs")
@@ -216,8 +217,10 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
     assert from_bin["deep_iom"]["scenarios"]["training"]["report"]["auc"] == pytest.approx(
         ver["deep_iom"]["scenarios"]["training"]["report"]["auc"], abs=1e-6)
     cal = json.loads((tmp_path / "cal.json").read_text())
-    assert cal["far"] == 0.1 and cal["m"] == 16 and cal["n_impostor"] == 6
-    assert cal["threshold"] is None or 0.0 <= cal["threshold"] <= 1.0
+    # calibrated on the 2 identities held out of training (4 photos each): 16 impostor, 12 genuine pairs
+    assert cal["far"] == 0.1 and cal["m"] == 16 and (cal["n_impostor"], cal["n_genuine"]) == (16, 12)
+    assert [p["far"] for p in cal["operating_points"]] == [0.1, 0.01, 0.001, 0.0001]
+    assert 0.0 <= cal["threshold"] <= 17 / 16 and "held out of training" in cal["dataset"]
     assert (tmp_path / "plots" / "pairs_roc.png").is_file()
     assert (tmp_path / "plots" / "pairs_deep_iom_unlinkability.png").is_file()
     # second run: embeddings come from the cache (no stage-1 model needed any more)
@@ -409,3 +412,77 @@ def test_a_loss_with_no_term_is_refused():
     with pytest.raises(ConfigError, match="no term"):
         loss_settings(stage2_cfg(metric_loss_weight=0)).terms()
     assert loss_settings(stage2_cfg(metric_loss_weight=0, distill_loss=True)).terms() == ["distillation"]
+
+
+def test_test_script_says_which_hasher_and_every_file_it_writes(tmp_path):
+    """A checkpoints/ hasher named like a shipped one: the script evaluates the checkpoint,
+    prints its absolute folder and origin, warns that it shadows models/<sub_name>, and prints
+    the JSON and every plot file it writes (the JSON lists them too)."""
+    from arcface.pretrained import MODELS_DIR
+
+    name = "iom_mbfn_celeba299_64x8"                                 # a shipped hasher's name
+    assert (Path(MODELS_DIR) / name / "hasher.json").is_file()
+    people = [f"p{i}" for i in range(6)]
+    pairs_dir = tmp_path / "pairs"
+    rng = np.random.default_rng(0)
+    for person in people:  # the images exist (the pairs reader checks) but are never decoded
+        (pairs_dir / person).mkdir(parents=True)
+        for k in range(1, 4):
+            cv2.imwrite(str(pairs_dir / person / f"{person}_{k:04d}.jpg"), face(rng))
+    pairs = []
+    for fold in range(2):
+        pairs += [LfwPair(people[3 * fold + j], 1, people[3 * fold + j], 2 + (j % 2)) for j in range(3)]
+        pairs += [LfwPair(people[j], 1 + fold, people[j + 3], 3 - fold) for j in range(3)]
+    write_lfw_pairs(pairs_dir / "pairs.txt", pairs, n_folds=2, n_per_fold=3)
+    x, y = synthetic_embeddings(n_classes=6, per_class=3, dim=16, seed=3)
+    names = [f"{people[c]}/{people[c]}_{k + 1:04d}.jpg" for c in range(6) for k in range(3)]
+    save_embeddings(tmp_path / "test.npz", names, x, y)
+    cfg = tmp_path / "iom.yaml"
+    cfg.write_text(f"sub_name: {name}\nm: 8\nq: 4\ntest_embeddings: '{tmp_path / 'test.npz'}'\n"
+                   f"test_dataset: '{pairs_dir}'\nn_fresh_keys: 2\n")
+    folder = tmp_path / "checkpoints" / name                         # checkpoints/ of the cwd
+    DeepIoMHasher.from_config(load_stage2_config(cfg), 16).save(str(folder))
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out_json, plots = tmp_path / "res.json", tmp_path / "plots"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "test_twostage_iom.py"), "--cfg_path", str(cfg),
+                           "--json", str(out_json), "--plots", str(plots), "--no_random", "--cancelability"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"hasher: {folder} (a trained checkpoint under checkpoints/; the config's sub_name)" in done.stdout
+    shipped = os.path.join(MODELS_DIR, name)
+    (warning,) = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert f"checkpoints/{name} shadows the shipped hasher" in warning and "different weights" in warning
+    assert f"--model_path {shipped}" in warning
+
+    written = [line.split(" -> ", 1)[1] for line in done.stdout.splitlines() if line.startswith("plot -> ")]
+    assert sorted(written) == sorted(str(p) for p in plots.iterdir())
+    assert {os.path.basename(p) for p in written} == {"pairs_roc.png", "pairs_det.png",
+                                                      "pairs_deep_iom_unlinkability.png"}
+    assert f"all figures -> {out_json}" in done.stdout
+    res = json.loads(out_json.read_text())
+    assert res["hasher"] == str(folder) and res["plots"] == written
+
+
+def test_locate_hasher_says_where_the_hasher_comes_from(tmp_path, monkeypatch):
+    from arcface.pretrained import MODELS_DIR
+    from iom.hashing.hasher import locate_hasher
+
+    name = "iom_mbfn_celeba299_64x8"
+    cfg = stage2_cfg(sub_name=name)
+    monkeypatch.chdir(tmp_path)                                      # no checkpoints/ here
+    shipped = os.path.join(MODELS_DIR, name)
+    where = locate_hasher(cfg)
+    assert (where.folder, where.origin, where.given, where.shadowed) == (shipped, "models", False, None)
+    assert where.shadow_warning() is None and "the shipped hasher under models/" in where.describe()
+    where = locate_hasher(cfg, shipped)
+    assert (where.origin, where.given) == ("models", True) and "given by --model_path" in where.describe()
+    (tmp_path / "checkpoints").mkdir()
+    copy = tmp_path / "checkpoints" / name                           # an exact copy shadows too
+    import shutil
+    shutil.copytree(shipped, copy)
+    where = locate_hasher(cfg)
+    assert (where.folder, where.origin, where.shadowed) == (os.path.join("checkpoints", name), "checkpoints", shipped)
+    assert "identical files" in where.shadow_warning()
+    with pytest.raises(CheckpointError, match="no saved hasher"):
+        locate_hasher(stage2_cfg(sub_name="never_trained"))

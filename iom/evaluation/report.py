@@ -217,9 +217,12 @@ def evaluate_identification(embeddings: np.ndarray, labels: np.ndarray, hashers:
 
 def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | None = None,
                     with_random: bool = True, cancelability_only: bool = False,
-                    n_draws: int | None = None, calibration_path: str | None = None) -> dict:
+                    n_draws: int | None = None, calibration_path: str | None = None,
+                    hasher_folder: str | None = None) -> dict:
     """Everything ``scripts/test_twostage_iom.py`` reports, printed and returned (and
-    written to ``json_path`` / ``plot_dir`` / ``calibration_path`` when given)."""
+    written to ``json_path`` / ``plot_dir`` / ``calibration_path`` when given; each file
+    written is printed). ``hasher_folder``, where the hasher was loaded from, goes into the
+    results as ``hasher``."""
 
     from iom.evaluation.identification import format_identification_table
     from arcface.verification import find_verification_sets
@@ -232,6 +235,10 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
         hashers["random_iom"] = random_baseline(hasher.m, hasher.q, hasher.dim)
     out: dict = {"config": cfg.source, "m": hasher.m, "q": hasher.q, "key_mode": hasher.key_mode,
                  "n_key_draws": n_draws, "verification": {}, "identification": {}}
+    if hasher_folder:
+        out["hasher"] = os.path.abspath(hasher_folder)
+    if plot_dir:
+        out["plots"] = []
     for spec in find_verification_sets(cfg["test_dataset"]):
         data = load_pair_data(spec, extractor)
         if cancelability_only:
@@ -242,10 +249,10 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
             results = evaluate_pairs(data, hashers, n_draws, cfg["seed"])
         print(format_pair_results(data.name, results), flush=True)
         if plot_dir:
-            save_pair_plots(data.name, results, plot_dir)
+            for path in save_pair_plots(data.name, results, plot_dir):
+                print(f"plot -> {path}", flush=True)
+                out["plots"].append(path)
         out["verification"][data.name] = to_json(results)
-        if calibration_path and "calibration" not in out:
-            out["calibration"] = calibration(data, hasher, cfg["target_far"])
     if cfg["identification_dataset"] and not cancelability_only:
         path = cfg["identification_dataset"]
         if path.endswith(".npz"):
@@ -263,14 +270,13 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
         print(f"## identification on {name}\n" + format_identification_table(list(reports.values()),
                                                                                list(reports)))
         out["identification"][name] = {k: r.to_dict() for k, r in reports.items()}
-    if calibration_path and "calibration" in out:
-        _write_json(calibration_path, out["calibration"])
-        cal = out["calibration"]
-        shown = "none reachable" if cal["threshold"] is None else f"{cal['threshold']:.4f}"
-        warn = "" if cal["far_resolvable"] else f" (warning: FAR below 1/{cal['n_impostor']} impostors)"
-        print(f"calibration (FAR {cfg['target_far']}): threshold {shown}{warn}; impostor histogram of "
-              f"{cal['n_impostor_similarities']} similarities ({cal['impostor_similarities_source']}) "
-              f"-> {calibration_path}")
+    if calibration_path:
+        from iom.evaluation.calibrate import calibrate_config, format_operating_points
+
+        cal = out["calibration"] = calibrate_config(cfg, hasher, check=not cancelability_only)
+        _write_json(calibration_path, cal)
+        print(format_operating_points(cal, cal.get("check")))
+        print(f"calibration -> {calibration_path}")
     if json_path:
         _write_json(json_path, out)
         print(f"all figures -> {json_path}")

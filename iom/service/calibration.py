@@ -1,15 +1,19 @@
 """Decision thresholds of the template service: 1:1 verification and 1:N identification.
 
 A calibration file (``calibration.json`` next to a shipped hasher) is written by
-``scripts/test_twostage_iom.py --calibration PATH`` (:func:`iom.evaluation.report.calibration`):
+``scripts/calibrate_iom.py --cfg_path CONFIG`` (:func:`iom.evaluation.calibrate.calibrate`):
 
 =============================  ==========================================================
 field                          meaning
 =============================  ==========================================================
-``threshold``, ``far``         the 1:1 threshold: lowest similarity accepted at FAR ``far``
-                               on the ``n_impostor`` impostor pairs of the pair list
+``threshold``, ``far``         the default 1:1 threshold: lowest similarity accepted at FAR
+                               ``far`` on the ``n_impostor`` impostor pairs of the calibration set
 ``tar``, ``far_resolvable``    its TAR; whether ``far >= 1/n_impostor``
-``m``, ``q``, ``dataset``      the hasher's size and the calibration set
+``operating_points``           one per calibrated FAR: ``far``, ``threshold``, ``tar``,
+                               ``far_measured``, ``far_resolvable``
+``m``, ``q``, ``dataset``      the hasher's size and the calibration set: identities disjoint
+                               from training and from the reported evaluation (LFW)
+``genuine_similarities``       histogram of genuine similarities (as below, same-identity pairs)
 ``impostor_similarities``      histogram of impostor similarities: ``counts[k]`` pairs agree
                                on exactly ``k`` of the ``m`` groups (``m + 1`` ints), over
                                every cross-identity pair of the set's images (or the listed
@@ -41,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -50,7 +55,7 @@ from iom.service.errors import InvalidInputError
 #: confidence of the upper bound on the impostor tail
 CONFIDENCE = 0.95
 #: the command that writes a calibration file (with its impostor histogram)
-CALIBRATION_COMMAND = "python scripts/test_twostage_iom.py --cfg_path CONFIG --calibration PATH"
+CALIBRATION_COMMAND = "python scripts/calibrate_iom.py --cfg_path CONFIG"
 #: cross-identity pairs at most in the histogram (more images: a random subset of them)
 MAX_IMPOSTOR_PAIRS = 200_000_000
 
@@ -70,6 +75,82 @@ def load_calibration(source, m: int, q: int) -> dict:
         raise InvalidInputError(f"calibration is for m={cal.get('m')}, q={cal.get('q')}, "
                                 f"the hasher is m={m}, q={q}")
     return cal
+
+
+# ---------------------------------------------------------------------------- operating points
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A 1:1 decision threshold and what the calibration set says of it: the expected TAR and
+    FAR (measured on the calibration's genuine and impostor pairs; ``None`` when the file has
+    no genuine histogram), the target FAR it was chosen for (``None`` for a threshold given
+    explicitly) and the calibration set (``dataset``)."""
+
+    threshold: float
+    far_target: float | None
+    expected_tar: float | None
+    expected_far: float | None
+    dataset: str
+
+    def describe(self) -> str:
+        """One line: ``threshold 0.29 (FAR 1e-3 point; expected TAR 0.97, FAR 8.1e-04 on ...)``."""
+        what = f"FAR {self.far_target:g} operating point" if self.far_target is not None else "explicit threshold"
+        tar = "unknown" if self.expected_tar is None else f"{self.expected_tar:.3f}"
+        far = "unknown" if self.expected_far is None else f"{self.expected_far:.1e}"
+        return f"threshold {self.threshold:.4f} ({what}; expected TAR {tar}, FAR {far} on {self.dataset})"
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "far_target": self.far_target, "expected_tar": self.expected_tar,
+                "expected_far": self.expected_far, "calibration_set": self.dataset}
+
+
+def _rates_at(calibration: dict, threshold: float) -> tuple[float | None, float | None]:
+    """(TAR, FAR) at ``threshold`` from the calibration's histograms (None where absent)."""
+    m = calibration["m"]
+    k = min(max(math.ceil(threshold * m - 1e-9), 0), m + 1)
+
+    def rate(key):
+        counts = calibration.get(key)
+        if counts is None:
+            return None
+        counts = np.asarray(counts, np.int64)
+        return float(counts[k:].sum() / counts.sum()) if counts.sum() else None
+
+    return rate("genuine_similarities"), rate("impostor_similarities")
+
+
+def operating_points(calibration: dict) -> list[dict]:
+    """The calibration's operating points (older files: their single ``far``/``threshold``)."""
+    points = calibration.get("operating_points")
+    if points:
+        return list(points)
+    return [{"far": calibration.get("far"), "threshold": calibration["threshold"], "tar": calibration.get("tar")}]
+
+
+def select_operating_point(calibration: dict, far: float | None = None,
+                           threshold: float | None = None) -> OperatingPoint:
+    """The operating point at target ``far`` (one the calibration holds), or an explicit
+    ``threshold`` in [0, 1], or the calibration's default (``far``/``threshold``)."""
+    if far is not None and threshold is not None:
+        raise InvalidInputError("give a target FAR or a threshold, not both")
+    dataset = str(calibration.get("dataset", "the calibration set"))
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, Real) or not 0 <= threshold <= 1:
+            raise InvalidInputError(f"threshold must be a similarity in [0, 1], got {threshold!r}")
+        tar, measured = _rates_at(calibration, float(threshold))
+        return OperatingPoint(float(threshold), None, tar, measured, dataset)
+    if far is None:
+        far = calibration.get("far")
+    points = operating_points(calibration)
+    match = [p for p in points if p.get("far") is not None and far is not None and math.isclose(p["far"], far)]
+    if not match:
+        have = ", ".join(f"{p['far']:g}" for p in points if p.get("far") is not None) or "none"
+        raise InvalidInputError(f"no operating point at FAR {far!r} in the calibration (it has: {have}); "
+                                f"give one of those, or an explicit threshold (rewrite the calibration "
+                                f"with: {CALIBRATION_COMMAND})")
+    t = float(match[0]["threshold"])
+    tar, measured = _rates_at(calibration, t)
+    return OperatingPoint(t, float(match[0]["far"]), tar if tar is not None else match[0].get("tar"),
+                          measured, dataset)
 
 
 # ---------------------------------------------------------------------------- writing

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iom.hashing.keying import CodeKeying
-from iom.service.calibration import identification_threshold, load_calibration
+from iom.service.calibration import identification_threshold, load_calibration, select_operating_point
 from iom.service.errors import (InvalidInputError, PolicyError, RateLimitedError, TemplateError,
                                 UnknownSubjectError)
 from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_bytes, unpack_codes
@@ -85,6 +85,9 @@ class TemplateService:
     """Protected-template operations over a :class:`~iom.service.store.TemplateStore`.
 
     ``app_secret`` derives every key and authenticates the store (it is never stored);
+    ``far`` / ``threshold`` (optional) choose the 1:1 operating point: a target FAR the
+    calibration holds, or an explicit similarity (default: the calibration's own,
+    :attr:`operating_point` says which, with its expected TAR and FAR);
     ``admin_secret`` (optional) configures the administrator credential that may revoke and
     reissue without the user's proof — from the deployment's configuration, never from a
     request; without it the credential set with :meth:`set_admin_credential` (kept in the
@@ -94,7 +97,8 @@ class TemplateService:
     """
 
     def __init__(self, pipeline, store, app_secret, calibration=None, identification: bool = True,
-                 policy: ServicePolicy | None = None, admin_secret=None, witness=None):
+                 policy: ServicePolicy | None = None, admin_secret=None, witness=None,
+                 far: float | None = None, threshold: float | None = None):
         self.pipeline, self.store = pipeline, store
         self.secret = _token_bytes(app_secret, "app_secret")
         self.policy = ServicePolicy() if policy is None else policy
@@ -105,8 +109,11 @@ class TemplateService:
         if calibration is None:
             from arcface.pretrained import MODELS_DIR
             calibration = os.path.join(MODELS_DIR, pipeline.model_id, "calibration.json")
-        self.calibration = load_calibration(calibration, self.m, self.q)
-        self.threshold = float(self.calibration["threshold"])
+        calibration = load_calibration(calibration, self.m, self.q)
+        self.operating_point = select_operating_point(calibration, far, threshold)
+        self.threshold = self.operating_point.threshold
+        # the 1:N threshold is never below the 1:1 threshold in use
+        self.calibration = {**calibration, "threshold": self.threshold}
         self.identification = identification
         self.key_version = key_version_for(self.policy.scrypt_n)
         self._gallery_key = gallery_key(self.secret)
