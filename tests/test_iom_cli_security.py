@@ -458,7 +458,8 @@ def test_cli_revoke_and_reissue_need_a_proof(cli, samples):
                            "--expected_version", str(version), env={"IOMFACE_ADMIN_SECRET": ADMIN.decode()})
     assert rc == 0, err
     rc, out, err = iomface("verify", "alice", "--embeddings", "a_probe.npz", "--token_file", "token2")
-    assert rc == 0 and json.loads(out) == {"subject": "alice", "accepted": True}, err
+    decision = json.loads(out)
+    assert rc == 0 and (decision["subject"], decision["accepted"]) == ("alice", True), err
 
     # revoke with the new token and a matching face, stdin for the token
     rc, out, err = iomface("revoke", "alice", "--token_file", "-", "--proof_embeddings", "a_probe.npz",
@@ -481,10 +482,15 @@ def test_cli_prints_decisions_and_ranks_only(cli, samples):
     assert hits and hits[0] == {"subject": "alice", "rank": 1}
     assert all(set(h) == {"subject", "rank"} for h in hits)
     rc, out, err = iomface("verify", "alice", "--embeddings", "a_probe.npz", "--token_file", "token")
-    assert rc == 0 and out.strip() == "subject=alice  accepted=True", out
+    assert rc == 0 and out.startswith("alice: accepted at FAR ") and "expected TAR" in out, out
     rc, out, err = iomface("verify", "bob", "--embeddings", "a_probe.npz", "--token_file", "token")
-    assert rc == 0 and out.strip() == "subject=bob  accepted=False", out
+    assert rc == 1 and out.startswith("bob: rejected at FAR "), out          # exit 1: rejected
     assert "similarity" not in out
+    rc, out, err = iomface("--json", "verify", "bob", "--embeddings", "a_probe.npz", "--token_file", "token")
+    decision = json.loads(out)
+    assert rc == 1 and decision["accepted"] is False and "similarity" not in decision
+    assert set(decision["operating_point"]) == {"threshold", "far_target", "expected_tar", "expected_far",
+                                                "calibration_set"}
     rc, out, err = cli("show", "alice", env={"IOMFACE_APP_SECRET": None})      # show needs the secret
     assert rc == 2 and "IOMFACE_APP_SECRET" in one_error_line(err)
 

@@ -206,12 +206,17 @@ def test_command_line(tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     done = iomface("enroll", "alice", "--embeddings", a, "--token_file", token)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {"subject": "alice", "templates": [1, 2]}
-    genuine = json.loads(iomface("verify", "alice", "--embeddings", a, "--token_file", token).stdout)
-    impostor = json.loads(iomface("verify", "alice", "--embeddings", b, "--token_file", "-",
-                                  stdin=token.read_text()).stdout)
-    assert genuine == {"subject": "alice", "accepted": True}                  # decisions, no similarity
-    assert impostor == {"subject": "alice", "accepted": False}
+    assert json.loads(done.stdout) == {"subject": "alice", "templates": [{"id": 1, "purpose": "verify"},
+                                                                        {"id": 2, "purpose": "identify"}]}
+    done = iomface("verify", "alice", "--embeddings", a, "--token_file", token)
+    genuine = json.loads(done.stdout)
+    assert done.returncode == 0
+    done = iomface("verify", "alice", "--embeddings", b, "--token_file", "-", stdin=token.read_text())
+    impostor = json.loads(done.stdout)
+    assert done.returncode == 1                                                # rejected: exit 1
+    for decision, accepted in ((genuine, True), (impostor, False)):           # decisions, no similarity
+        assert set(decision) == {"subject", "accepted", "operating_point"}
+        assert (decision["subject"], decision["accepted"]) == ("alice", accepted)
     assert json.loads(iomface("identify", "--embeddings", a).stdout) == [{"subject": "alice", "rank": 1}]
     assert json.loads(iomface("list").stdout) == ["alice"]
     shown = json.loads(iomface("show", "alice").stdout)
@@ -229,7 +234,7 @@ def test_command_line(tmp_path):
     done = iomface("set-admin", "--new_admin_secret_file", str(admin_file))
     assert done.returncode == 0, done.stderr[-2000:]
     done = iomface("revoke", "alice", admin="administrator-secret")
-    assert done.returncode == 2 and "revoked" in done.stderr
+    assert done.returncode == 1 and "revoked" in done.stderr                   # not found: exit 1
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
 
 

@@ -29,21 +29,22 @@ class Pipeline:
         self.embedder, self.hasher, self.aligner = embedder, hasher, aligner
         self.model_id = model_id or hasher.spec.get("model_id", "deep_iom")
 
-    @classmethod
-    def from_pretrained(cls, hasher_name: str = DEFAULT_HASHER, align: bool = True) -> "Pipeline":
-        """The shipped hasher ``models/<hasher_name>`` and its stage-1 model (nothing downloaded);
-        by default :data:`iom.defaults.DEFAULT_HASHER` on ``mobilefacenet_ms1m``.
+    @staticmethod
+    def shipped(hasher_name: str = DEFAULT_HASHER) -> dict:
+        """What a shipped hasher is, read from its files without loading a model (no Keras):
+        ``{"folder", "model_id", "m", "q", "stage1_model", "stage1_folder", "input_size",
+        "calibration"}`` (the calibration file's path, ``None`` when absent).
 
         Names (the hasher's, and the stage-1 model its spec names) are names, not paths: they
         must match ``[A-Za-z0-9][A-Za-z0-9._-]*`` and resolve (symbolic links followed) to a
         folder directly inside ``models/``; anything else is an :class:`InvalidInputError`
         raised before any file is read."""
+        import json
         import re
 
-        from arcface.embed import Embedder
-        from arcface.models import load_pretrained
+        import yaml
+
         from arcface.pretrained import MODELS_DIR
-        from iom.hashing.hasher import DeepIoMHasher
 
         def shipped_folder(name, what: str) -> str:
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -52,15 +53,42 @@ class Pipeline:
             root = os.path.realpath(MODELS_DIR)
             folder = os.path.realpath(os.path.join(root, name))
             if os.path.dirname(folder) != root or not os.path.isdir(folder):
-                shipped = sorted(os.listdir(root)) if os.path.isdir(root) else []
+                shipped = sorted(f for f in os.listdir(root) if os.path.isdir(os.path.join(root, f))
+                                 and not f.startswith(("_", "."))) if os.path.isdir(root) else []
                 raise InvalidInputError(f"{what} {name!r} is not a folder in {MODELS_DIR}; shipped: "
                                         f"{', '.join(shipped) or 'none'}")
             return folder
 
-        hasher = DeepIoMHasher.load(shipped_folder(hasher_name, "hasher"))
-        stage1 = hasher.spec.get("stage1_model")
-        shipped_folder(stage1, f"stage-1 model of hasher {hasher_name!r}")
-        cfg, backbone = load_pretrained(stage1)
+        folder = shipped_folder(hasher_name, "hasher")
+        try:
+            with open(os.path.join(folder, "hasher.json")) as f:
+                spec = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InvalidInputError(f"hasher {hasher_name!r}: unreadable hasher.json ({e})") from None
+        stage1 = spec.get("stage1_model")
+        stage1_folder = shipped_folder(stage1, f"stage-1 model of hasher {hasher_name!r}")
+        try:
+            with open(os.path.join(stage1_folder, "config.yaml")) as f:
+                input_size = int((yaml.safe_load(f) or {}).get("input_size", 112))
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise InvalidInputError(f"stage-1 model {stage1!r}: unreadable config.yaml ({e})") from None
+        calibration = os.path.join(folder, "calibration.json")
+        return {"folder": folder, "model_id": spec.get("model_id", hasher_name), "m": spec.get("m"),
+                "q": spec.get("q"), "stage1_model": stage1, "stage1_folder": stage1_folder,
+                "input_size": input_size, "calibration": calibration if os.path.isfile(calibration) else None}
+
+    @classmethod
+    def from_pretrained(cls, hasher_name: str = DEFAULT_HASHER, align: bool = True) -> "Pipeline":
+        """The shipped hasher ``models/<hasher_name>`` and its stage-1 model (nothing downloaded);
+        by default :data:`iom.defaults.DEFAULT_HASHER` on ``mobilefacenet_ms1m``. The names are
+        checked by :meth:`shipped` before any file is read."""
+        from arcface.embed import Embedder
+        from arcface.models import load_pretrained
+        from iom.hashing.hasher import DeepIoMHasher
+
+        info = cls.shipped(hasher_name)
+        hasher = DeepIoMHasher.load(info["folder"])
+        cfg, backbone = load_pretrained(info["stage1_model"])
         aligner = None
         if align:
             from arcface.align import FaceAligner
