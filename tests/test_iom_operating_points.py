@@ -8,18 +8,24 @@ import itertools
 import numpy as np
 import pytest
 
-from iom.evaluation.calibrate import calibrate, genuine_histogram, operating_point, tail
+from iom.evaluation.calibrate import (calibrate, duplicate_identities, genuine_histogram, operating_point,
+                                      tail)
 from iom.service.calibration import OperatingPoint, select_operating_point
 from iom.service.errors import InvalidInputError
 
 
-def brute_force(codes, labels):
-    """Genuine and impostor agreement histograms over every pair, by a double loop."""
+def brute_force(codes, labels, same_person=()):
+    """Genuine and impostor agreement histograms over every pair, by a double loop; pairs of
+    two labels listed in ``same_person`` count as neither."""
     m = codes.shape[1]
     genuine, impostor = np.zeros(m + 1, int), np.zeros(m + 1, int)
+    skip = {tuple(sorted(p)) for p in same_person}
     for i, j in itertools.combinations(range(len(codes)), 2):
         k = int((codes[i] == codes[j]).sum())
-        (genuine if labels[i] == labels[j] else impostor)[k] += 1
+        if labels[i] == labels[j]:
+            genuine[k] += 1
+        elif tuple(sorted((labels[i], labels[j]))) not in skip:
+            impostor[k] += 1
     return genuine, impostor
 
 
@@ -38,7 +44,7 @@ def test_histograms_and_operating_points_against_brute_force():
     labels = np.repeat(np.arange(12), rng.integers(1, 6, 12))
     centres = rng.integers(0, 4, (12, 16))
     codes = np.where(rng.random((len(labels), 16)) < 0.3, rng.integers(0, 4, (len(labels), 16)), centres[labels])
-    genuine, impostor = brute_force(codes, labels)
+    genuine, impostor = brute_force(codes, labels, duplicate_identities(codes, labels))
     assert np.array_equal(genuine_histogram(codes, labels), genuine)
     cal = calibrate(CodesAsGiven(16, 4), codes, labels, [0.1, 0.01], 0.01, "toy")
     assert cal["genuine_similarities"] == genuine.tolist() and cal["impostor_similarities"] == impostor.tolist()
@@ -160,3 +166,26 @@ def test_service_decides_at_the_chosen_operating_point(tmp_path):
         store.close()
     with pytest.raises(InvalidInputError, match="no operating point at FAR 0.3"):
         TemplateService(Pipeline(_NoEmbedder(), hasher), SQLiteStore(tmp_path / "x.db"), SECRET, far=0.3)
+
+
+def test_duplicate_identities_are_one_person_under_two_labels():
+    """Labels 3 and 7 are one person (one cluster); the others are distinct people, two of
+    them close to each other (alike, not the same). Only (3, 7) is flagged, and calibration
+    counts none of its cross pairs as impostors."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(60, 32))
+    centres[5] = centres[4] + 0.6 * rng.normal(size=32)            # lookalikes: not flagged
+    centres[7] = centres[3]                                           # one person, two labels
+    labels = np.repeat(np.arange(60), 6)
+    x = centres[labels] + 0.5 * rng.normal(size=(360, 32))
+    assert duplicate_identities(x, labels) == [(3, 7)]
+    class SignCodes(CodesAsGiven):                                    # 16 groups of 2 sign bits
+        def encode(self, x, key):
+            return (x[:, :16] > 0).astype(np.int64) + 2 * (x[:, 16:] > 0)
+
+    hasher = SignCodes(16, 4)
+    codes = hasher.encode(x, None)
+    cal = calibrate(hasher, x, labels, [0.1], 0.1, "toy")
+    _, impostor = brute_force(codes, labels, [(3, 7)])
+    assert cal["impostor_similarities"] == impostor.tolist() and cal["duplicate_identities"] == [[3, 7]]
+    assert cal["n_impostor"] == 360 * 354 // 2 - 36
