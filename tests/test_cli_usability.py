@@ -338,9 +338,14 @@ def test_options_after_the_command_and_list_all_and_reissue_after_revoke(cli, lo
     rc, out, _ = cli("enroll", "alice", a, "--token_file", "token2", "--aligned", "--db", "t.db")
     assert rc == 0                                                           # enrolled again
     rc, out, _ = cli("identify", b, "--aligned", "--db", "t.db", "--json")
-    assert rc == 0 and json.loads(out) == [{"subject": "alice", "rank": 1}]
+    result = json.loads(out)
+    assert rc == 0 and result["candidates"] == [{"subject": "alice", "rank": 1}]
+    point = result["operating_point"]                                       # 1:N, with its expected TAR
+    assert point["gallery_size"] == 1 and point["fpir_target"] == 0.01 and 0 < point["expected_tar"] <= 1
+    assert point["threshold"] >= calibration()["threshold"]
     rc, out, _ = cli("identify", lfw[1][0][1], "--aligned", "--db", "t.db")
-    assert rc == 1 and out.startswith("no match")                            # no candidate: exit 1
+    assert rc == 1 and out.startswith("no match (1:N threshold ")           # no candidate: exit 1
+    assert "expected TAR" in out
 
 
 def test_every_command_has_full_help_with_examples():
@@ -412,7 +417,7 @@ def test_readme_session_runs_as_written(tmp_path):
     out = done.stdout
     assert out.startswith("same person: similarity ")
     assert "2 subjects: 2 enrolled, 0 failed" in out and "Abel_Pacheco: accepted at FAR" in out
-    assert "1. Akhmed_Zakayev" in out and "2 pairs: 2 compared" in out
+    assert "1. Akhmed_Zakayev\n(1:N threshold " in out and "2 pairs: 2 compared" in out
     assert re.search(r"Abel_Pacheco\s+active\s+enrolled ", out)
     assert done.stderr == ""                                                # quiet
 

@@ -478,7 +478,7 @@ def test_cli_prints_decisions_and_ranks_only(cli, samples):
         assert rc == 0, err
     rc, out, err = iomface("--json", "identify", "--embeddings", "a_probe.npz")
     assert rc == 0, err
-    hits = json.loads(out)
+    hits = json.loads(out)["candidates"]
     assert hits and hits[0] == {"subject": "alice", "rank": 1}
     assert all(set(h) == {"subject", "rank"} for h in hits)
     rc, out, err = iomface("verify", "alice", "--embeddings", "a_probe.npz", "--token_file", "token")

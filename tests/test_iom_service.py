@@ -217,7 +217,7 @@ def test_command_line(tmp_path):
     for decision, accepted in ((genuine, True), (impostor, False)):           # decisions, no similarity
         assert set(decision) == {"subject", "accepted", "operating_point"}
         assert (decision["subject"], decision["accepted"]) == ("alice", accepted)
-    assert json.loads(iomface("identify", "--embeddings", a).stdout) == [{"subject": "alice", "rank": 1}]
+    assert json.loads(iomface("identify", "--embeddings", a).stdout)["candidates"] == [{"subject": "alice", "rank": 1}]
     assert json.loads(iomface("list").stdout) == ["alice"]
     shown = json.loads(iomface("show", "alice").stdout)
     assert [t["purpose"] for t in shown] == ["verify", "identify"] and isinstance(shown[0]["version"], int)

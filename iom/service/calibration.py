@@ -103,7 +103,7 @@ class OperatingPoint:
                 "expected_far": self.expected_far, "calibration_set": self.dataset}
 
 
-def _rates_at(calibration: dict, threshold: float) -> tuple[float | None, float | None]:
+def rates_at(calibration: dict, threshold: float) -> tuple[float | None, float | None]:
     """(TAR, FAR) at ``threshold`` from the calibration's histograms (None where absent)."""
     m = calibration["m"]
     k = min(max(math.ceil(threshold * m - 1e-9), 0), m + 1)
@@ -136,7 +136,7 @@ def select_operating_point(calibration: dict, far: float | None = None,
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, Real) or not 0 <= threshold <= 1:
             raise InvalidInputError(f"threshold must be a similarity in [0, 1], got {threshold!r}")
-        tar, measured = _rates_at(calibration, float(threshold))
+        tar, measured = rates_at(calibration, float(threshold))
         return OperatingPoint(float(threshold), None, tar, measured, dataset)
     if far is None:
         far = calibration.get("far")
@@ -148,7 +148,7 @@ def select_operating_point(calibration: dict, far: float | None = None,
                                 f"give one of those, or an explicit threshold (rewrite the calibration "
                                 f"with: {CALIBRATION_COMMAND})")
     t = float(match[0]["threshold"])
-    tar, measured = _rates_at(calibration, t)
+    tar, measured = rates_at(calibration, t)
     return OperatingPoint(t, float(match[0]["far"]), tar if tar is not None else match[0].get("tar"),
                           measured, dataset)
 

@@ -705,7 +705,8 @@ def _store_command(args, request) -> tuple[object, int]:
                     EXIT_OK if d.accepted else EXIT_REJECTED)
         hits = service.identify(args.photo, args.top_k, embedding=probe)
         out = [{"subject": c.subject_id, "rank": c.rank} for c in hits]
-        return out, EXIT_OK if out else EXIT_REJECTED
+        return ({"candidates": out, "operating_point": service.identification_point()},
+                EXIT_OK if out else EXIT_REJECTED)
 
 
 def _templates(ids) -> list[dict]:
@@ -807,9 +808,15 @@ def format_result(command: str, result) -> str:
         return (f"{result['subject']}: {'accepted' if result['accepted'] else 'rejected'} "
                 f"{_point_text(result['operating_point'])}")
     if command == "identify":
-        if not result:
-            return "no match (no enrolled subject reaches the 1:N threshold)"
-        return "\n".join(f"{c['rank']}. {c['subject']}" for c in result)
+        p = result["operating_point"]
+        if p["threshold"] is None:
+            return "no match (no enrolled subject)"
+        tar = "unknown" if p["expected_tar"] is None else f"{p['expected_tar']:.3f}"
+        point = (f"(1:N threshold {p['threshold']:.4f} for {p['gallery_size']} templates at FPIR "
+                 f"{p['fpir_target']:g}: expected TAR {tar} on {p['calibration_set']})")
+        if not result["candidates"]:
+            return f"no match {point}"
+        return "\n".join([f"{c['rank']}. {c['subject']}" for c in result["candidates"]] + [point])
     if command in ("enroll", "reissue") and "templates" in result:
         parts = ", ".join(f"{'verification' if t['purpose'] == 'verify' else 'identification'} template "
                           f"#{t['id']}" for t in result["templates"])

@@ -239,6 +239,19 @@ class TemplateService:
                for rank, (tid, sim) in enumerate(hits, 1)]
         return out if self.policy.expose_scores else [c for c in out if c.accepted]
 
+    def identification_point(self) -> dict:
+        """The 1:N operating point of an identification now: the gallery's size, the FPIR
+        target, the threshold and the TAR the calibration set expects at it (``None`` for an
+        empty gallery or a calibration without genuine histogram)."""
+        from iom.service.calibration import rates_at
+
+        gallery, _ = self._current_gallery()
+        n = len(gallery)
+        threshold = self.identification_threshold(n) if n else None
+        tar = rates_at(self.calibration, threshold)[0] if threshold is not None else None
+        return {"gallery_size": n, "fpir_target": self.policy.fpir, "threshold": threshold,
+                "expected_tar": tar, "calibration_set": str(self.calibration.get("dataset", ""))}
+
     def identification_threshold(self, gallery_size: int) -> float:
         """The similarity a candidate needs in a gallery of ``gallery_size`` (FPIR policy);
         :class:`TemplateError` when the calibration cannot bound that FPIR at that size
