@@ -1,0 +1,88 @@
+"""How ``iomface`` prints a command's result: human-readable lines (``--json`` prints the
+result itself)."""
+
+from __future__ import annotations
+
+
+def one_line(message: str) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _point_text(point: dict) -> str:
+    if point["far_target"] is not None:
+        head = f"at FAR {point['far_target']:g} (threshold {point['threshold']:.4f})"
+    else:
+        head = f"at threshold {point['threshold']:.4f}"
+    tar = "unknown" if point["expected_tar"] is None else f"{point['expected_tar']:.3f}"
+    far = "unknown" if point["expected_far"] is None else f"{point['expected_far']:.1e}"
+    return f"{head}: expected TAR {tar}, FAR {far} on {point['calibration_set']}"
+
+
+def format_result(command: str, result) -> str:
+    """The human-readable lines of a command's result."""
+    if command == "compare":
+        verdict = "same person" if result["accepted"] else "different people"
+        return (f"{verdict}: similarity {result['similarity']:.3f}, "
+                f"{'accepted' if result['accepted'] else 'rejected'} {_point_text(result['operating_point'])}")
+    if command == "verify-pairs":
+        lines = []
+        for r in result["results"]:
+            label = "" if "same" not in r else ("  [same]" if r["same"] else "  [diff]")
+            if "error" in r:
+                lines.append(f"{r['photo_a']}  {r['photo_b']}  error: {r['error']}{label}")
+            else:
+                lines.append(f"{r['photo_a']}  {r['photo_b']}  similarity {r['similarity']:.3f}  "
+                             f"{'accepted' if r['accepted'] else 'rejected'}{label}")
+        s = result["summary"]
+        text = (f"{s['pairs']} pairs: {s['compared']} compared, {s['accepted']} accepted, {s['failed']} failed; "
+                f"{_point_text(s['operating_point'])}")
+        if "tar" in s:
+            text += f"\nmeasured on this list: TAR {s['tar']:.3f} ({s['genuine']} same-person pairs)"
+        if "far" in s:
+            text += f"{';' if 'tar' in s else chr(10) + 'measured on this list:'} FAR {s['far']:.3f} " \
+                    f"({s['impostor']} different-person pairs)"
+        return "\n".join(lines + [text])
+    if command == "verify":
+        return (f"{result['subject']}: {'accepted' if result['accepted'] else 'rejected'} "
+                f"{_point_text(result['operating_point'])}")
+    if command == "identify":
+        p = result["operating_point"]
+        if p["threshold"] is None:
+            return "no match (no enrolled subject)"
+        tar = "unknown" if p["expected_tar"] is None else f"{p['expected_tar']:.3f}"
+        point = (f"(1:N threshold {p['threshold']:.4f} for {p['gallery_size']} templates at FPIR "
+                 f"{p['fpir_target']:g}: expected TAR {tar} on {p['calibration_set']})")
+        if not result["candidates"]:
+            return f"no match {point}"
+        return "\n".join([f"{c['rank']}. {c['subject']}" for c in result["candidates"]] + [point])
+    if command in ("enroll", "reissue") and "templates" in result:
+        parts = ", ".join(f"{'verification' if t['purpose'] == 'verify' else 'identification'} template "
+                          f"#{t['id']}" for t in result["templates"])
+        return f"{'enrolled' if command == 'enroll' else 'reissued'} {result['subject']}: {parts}"
+    if command == "enroll":
+        lines = []
+        for r in result["results"]:
+            if "error" in r:
+                lines.append(f"{r['subject']}: error: {r['error']}")
+            else:
+                lines.append(f"{r['subject']}: enrolled from {r['photos']} photo(s), templates "
+                             + ", ".join(f"#{t['id']}" for t in r["templates"]))
+        s = result["summary"]
+        text = f"{s['subjects']} subjects: {s['enrolled']} enrolled, {s['failed']} failed"
+        if "new_tokens_file" in s:
+            text += f"; their new tokens are in {s['new_tokens_file']} (keep it private; hand each to its subject)"
+        return "\n".join(lines + [text])
+    if command == "revoke":
+        return (f"revoked {result['subject']}: {result['revoked']} template(s); enroll again with "
+                f"iomface enroll {result['subject']} PHOTO --token_file FILE")
+    if command == "list":
+        if result and isinstance(result[0], dict):
+            width = max(len(r["subject"]) for r in result)
+            return "\n".join(f"{r['subject']:<{width}}  {r['status']:<7}  enrolled {r['enrolled_at']}"
+                             + (f"  revoked {r['revoked_at']}" if r["revoked_at"] else "") for r in result)
+        return "\n".join(result) if result else "(no enrolled subject)"
+    if command == "show":
+        return "\n".join("  ".join(f"{k}={v}" for k, v in t.items()) for t in result)
+    if isinstance(result, dict):
+        return "  ".join(f"{k}={v}" for k, v in result.items())
+    return str(result)
