@@ -443,7 +443,7 @@ def test_identify_accepts_at_the_one_to_n_threshold(tmp_path, hasher):
     x = enroll_people(service, 4)
     t1 = service.threshold
     assert service.identification_threshold(1) >= t1
-    sizes = [10, 1000, 50000]
+    sizes = [10, 1000, 20000]          # within what the calibration bounds (25,052 at FPIR 1e-2)
     thresholds = [service.identification_threshold(n) for n in sizes]
     assert thresholds == sorted(thresholds) and thresholds[-1] > t1
     for c in service.identify(embedding=x[2, 2], top_k=4):
