@@ -314,12 +314,14 @@ def test_calibration_threshold_at_the_target_far():
     assert cal["threshold"] == 0.75 and cal["tar"] == 0.5
 
 
-def test_any_extractor_through_embedding_files(tmp_path):
-    """No stage-1 model at all: training and test embeddings come from .npz files."""
+def pairs_folder_with_test_embeddings(tmp_path):
+    """A 2-fold pairs folder of 6 people x 3 images (the images exist, as the pairs reader
+    checks, but are never decoded) and ``test.npz``, their synthetic embeddings by name;
+    returns ``(pairs folder, the pairs, the image names, their embeddings)``."""
     people = [f"p{i}" for i in range(6)]
     pairs_dir = tmp_path / "pairs"
     rng = np.random.default_rng(0)
-    for person in people:  # the images exist (the pairs reader checks) but are never decoded
+    for person in people:
         (pairs_dir / person).mkdir(parents=True)
         for k in range(1, 4):
             cv2.imwrite(str(pairs_dir / person / f"{person}_{k:04d}.jpg"), face(rng))
@@ -331,6 +333,12 @@ def test_any_extractor_through_embedding_files(tmp_path):
     x, y = synthetic_embeddings(n_classes=6, per_class=3, dim=16, seed=3)
     names = [f"{people[c]}/{people[c]}_{k + 1:04d}.jpg" for c in range(6) for k in range(3)]
     save_embeddings(tmp_path / "test.npz", names, x, y)
+    return pairs_dir, pairs, names, x
+
+
+def test_any_extractor_through_embedding_files(tmp_path):
+    """No stage-1 model at all: training and test embeddings come from .npz files."""
+    pairs_dir, pairs, names, x = pairs_folder_with_test_embeddings(tmp_path)
     xt, yt = synthetic_embeddings(n_classes=8, per_class=6, dim=16, seed=4)
     save_embeddings(tmp_path / "train.npz", [str(i) for i in range(len(xt))], xt, yt)
     cfg = tmp_path / "iom.yaml"
@@ -422,21 +430,7 @@ def test_test_script_says_which_hasher_and_every_file_it_writes(tmp_path):
 
     name = "iom_mbfn_celeba299_64x8"                                 # a shipped hasher's name
     assert (Path(MODELS_DIR) / name / "hasher.json").is_file()
-    people = [f"p{i}" for i in range(6)]
-    pairs_dir = tmp_path / "pairs"
-    rng = np.random.default_rng(0)
-    for person in people:  # the images exist (the pairs reader checks) but are never decoded
-        (pairs_dir / person).mkdir(parents=True)
-        for k in range(1, 4):
-            cv2.imwrite(str(pairs_dir / person / f"{person}_{k:04d}.jpg"), face(rng))
-    pairs = []
-    for fold in range(2):
-        pairs += [LfwPair(people[3 * fold + j], 1, people[3 * fold + j], 2 + (j % 2)) for j in range(3)]
-        pairs += [LfwPair(people[j], 1 + fold, people[j + 3], 3 - fold) for j in range(3)]
-    write_lfw_pairs(pairs_dir / "pairs.txt", pairs, n_folds=2, n_per_fold=3)
-    x, y = synthetic_embeddings(n_classes=6, per_class=3, dim=16, seed=3)
-    names = [f"{people[c]}/{people[c]}_{k + 1:04d}.jpg" for c in range(6) for k in range(3)]
-    save_embeddings(tmp_path / "test.npz", names, x, y)
+    pairs_dir, *_ = pairs_folder_with_test_embeddings(tmp_path)
     cfg = tmp_path / "iom.yaml"
     cfg.write_text(f"sub_name: {name}\nm: 8\nq: 4\ntest_embeddings: '{tmp_path / 'test.npz'}'\n"
                    f"test_dataset: '{pairs_dir}'\nn_fresh_keys: 2\n")

@@ -266,12 +266,11 @@ def _store_command(args, request) -> tuple[object, int]:
         if cmd in ("revoke", "reissue"):
             store.authenticate(row_key(request.secret), witness)
             _check_subject_before_loading(store, args)
-        if cmd == "verify":
-            _operating_point(args, request)          # a bad --far fails before the model loads
+        calibration, _ = _operating_point(args, request)     # a bad --far fails before the model loads
         pipeline = _load_pipeline(args, request)
         from iom.service.service import TemplateService
 
-        service = TemplateService(pipeline, store, request.secret,
+        service = TemplateService(pipeline, store, request.secret, calibration=calibration,
                                   policy=ServicePolicy(allow_embeddings=args.allow_embeddings),
                                   witness=witness, far=args.far, threshold=args.threshold)
         if cmd == "set-admin":

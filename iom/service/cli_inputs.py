@@ -60,13 +60,8 @@ def read_token(source: str, option: str = "--token_file", stdin=None) -> bytes:
             raise InvalidInputError(f"{where}: the line is longer than {MAX_TOKEN_FILE_BYTES} bytes")
     else:
         where = f"{option} {source}"
-        try:
-            with open(source, "rb") as f:
-                data = f.read(MAX_TOKEN_FILE_BYTES + 1)
-        except OSError as e:
-            raise InvalidInputError(f"{where}: {e.strerror or e}") from None
-        if len(data) > MAX_TOKEN_FILE_BYTES:
-            raise InvalidInputError(f"{where}: larger than {MAX_TOKEN_FILE_BYTES} bytes, not a token file")
+        data = _read_at_most(source, MAX_TOKEN_FILE_BYTES, where,
+                             f"larger than {MAX_TOKEN_FILE_BYTES} bytes, not a token file")
     if data.endswith(b"\n"):
         data = data[:-1]
         if data.endswith(b"\r"):
@@ -212,16 +207,26 @@ def check_photo_files(paths, what: str = "photo", aligned_size: int | None = Non
     return out
 
 
-def _read_small_text(path: str, what: str) -> str:
+def _read_at_most(path: str, limit: int, where: str, too_large: str) -> bytes:
+    """The bytes of file ``path``; :class:`InvalidInputError` ``"{where}: ..."`` when it cannot
+    be read, or ``"{where}: {too_large}"`` when it holds more than ``limit`` bytes."""
     from iom.service.errors import InvalidInputError
 
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_LIST_FILE_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError as e:
-        raise InvalidInputError(f"{what} {path}: {e.strerror or e}") from None
-    if len(data) > MAX_LIST_FILE_BYTES:
-        raise InvalidInputError(f"{what} {path}: larger than {MAX_LIST_FILE_BYTES:,} bytes")
+        raise InvalidInputError(f"{where}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise InvalidInputError(f"{where}: {too_large}")
+    return data
+
+
+def _read_small_text(path: str, what: str) -> str:
+    from iom.service.errors import InvalidInputError
+
+    data = _read_at_most(path, MAX_LIST_FILE_BYTES, f"{what} {path}",
+                         f"larger than {MAX_LIST_FILE_BYTES:,} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
