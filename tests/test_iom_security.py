@@ -335,13 +335,39 @@ def test_verify_calls_are_limited_before_the_key_derivation(tmp_path, hasher, mo
         service.verify("nobody", user_token="any-token", embedding=x[0, 2], client="c")
     assert derived == []                                      # refused before any scrypt
     # clients that name themselves anew each call do not grow memory without bound
-    monkeypatch.setattr(service_mod, "MAX_TRACKED_CLIENTS", 5)
+    from iom.service.rate import CallWindows
+
     clock = iter(range(10**9, 10**9 + 61 * 40, 61))          # one new client a minute
-    monkeypatch.setattr(service_mod.time, "monotonic", lambda: next(clock))
+    service._calls = CallWindows(60.0, max_keys=5, clock=lambda: next(clock))
     for i in range(20):
         service._check_call_rate(f"client-{i}", "verify", 2)
     assert len(service._calls) <= 6
     service.store.close()
+
+
+def test_verify_calls_about_one_subject_are_limited_whoever_calls(tmp_path, hasher):
+    service = make_service(tmp_path / "s.db", hasher, subject_verify_per_minute=3)
+    x = enroll_people(service, 2)
+    for i in range(3):      # three different clients, all with the right token and face
+        assert service.verify("s0", user_token="token-0-secret", embedding=x[0, 2], client=f"c{i}").accepted
+    with pytest.raises(RateLimitedError) as e:
+        service.verify("s0", user_token="token-0-secret", embedding=x[0, 2], client="c9")
+    assert 0 < e.value.retry_after <= 60
+    assert service.verify("s1", user_token="token-1-secret", embedding=x[1, 2], client="c9").accepted
+    service.store.close()
+
+
+def test_call_windows_admit_up_to_the_limit_and_say_when_to_retry():
+    from iom.service.rate import CallWindows
+
+    now = [100.0]
+    w = CallWindows(60.0, clock=lambda: now[0])
+    assert [w.admit("a", 2) for _ in range(2)] == [None, None]
+    now[0] = 110.0
+    assert w.admit("a", 2) == pytest.approx(50.0)      # the first call leaves the window at 160
+    assert w.admit("b", 2) is None                     # other keys are counted apart
+    now[0] = 160.5                                     # both calls of t=100 have left the window
+    assert [w.admit("a", 2) for _ in range(3)] == [None, None, pytest.approx(60.0)]
 
 
 # ---------------------------------------------------------------------------- 7. other processes

@@ -21,6 +21,7 @@ error                          raised when
                                lost connection
 :class:`PolicyError`           the policy refuses: raw embeddings not enabled, weak
                                token, missing or failed proof for revoke/reissue
+:class:`WeakTokenError`        (a PolicyError) a new token is weaker than the policy allows
 :class:`RateLimitedError`      too many failed attempts / calls in the policy's window
 :class:`ConflictError`         the subject changed since the expected version
 =============================  ====================================================
@@ -71,8 +72,18 @@ class PolicyError(TemplateError, PermissionError):
 
 
 class RateLimitedError(TemplateError):
-    """Too many attempts: failed verifications of one subject, or identification calls of
-    one client, within the policy's window. Nothing was compared."""
+    """Too many attempts: failed verifications of one subject, or calls of one client or
+    about one subject, within the policy's window. Nothing was compared. ``retry_after`` is
+    the number of seconds after which a call may be admitted again (when known)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WeakTokenError(PolicyError):
+    """A new token (or credential) is weaker than the policy's minimum: the request is well
+    formed but its content is refused (HTTP 422, not 403)."""
 
 
 class ConflictError(TemplateError):

@@ -7,7 +7,8 @@ The defaults are for a service facing untrusted callers:
 * photos only — raw embeddings let a caller probe with chosen points of feature space;
 * tokens of at least :attr:`ServicePolicy.min_token_bits` estimated bits, stretched with
   scrypt, and failed verifications of one subject limited per time window;
-* calls per client and minute limited (``identify_per_minute``, ``verify_per_minute``),
+* calls per client and minute limited (``identify_per_minute``, ``verify_per_minute``), and
+  verifications of one subject per minute whoever calls (``subject_verify_per_minute``),
   before any work — a verification's scrypt is deliberately expensive. ``client`` is
   whatever the caller is known by (account, address): the library cannot stop a caller who
   names itself anew each call, the deployment's front end must;
@@ -41,6 +42,7 @@ class ServicePolicy:
     failure_window_s: float = 900.0
     identify_per_minute: int = 120
     verify_per_minute: int = 60
+    subject_verify_per_minute: int = 30
     fpir: float = 0.01
     scrypt_n: int = 2**14
 
@@ -51,7 +53,7 @@ class ServicePolicy:
                 raise InvalidInputError(f"policy {f.name} must be true or false, got {value!r}")
         _positive(self.min_token_bits, "min_token_bits", allow_zero=True)
         _positive(self.failure_window_s, "failure_window_s")
-        for name in ("max_failures", "identify_per_minute", "verify_per_minute"):
+        for name in ("max_failures", "identify_per_minute", "verify_per_minute", "subject_verify_per_minute"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"policy {name} must be a positive integer, got {value!r}")
@@ -103,12 +105,13 @@ def token_bits(token: bytes | str) -> float:
 
 
 def check_token_strength(token: bytes, min_bits: float, what: str = "user_token") -> None:
-    """:class:`~iom.service.errors.PolicyError` if the token is weaker than ``min_bits``."""
-    from iom.service.errors import PolicyError
+    """:class:`~iom.service.errors.WeakTokenError` (a PolicyError) if the token is weaker than
+    ``min_bits``."""
+    from iom.service.errors import WeakTokenError
 
     bits = token_bits(token)
     if bits < min_bits:
-        raise PolicyError(f"{what} is too weak ({bits:.0f} estimated bits, the policy needs "
+        raise WeakTokenError(f"{what} is too weak ({bits:.0f} estimated bits, the policy needs "
                           f"{min_bits:.0f}): use a longer random token, e.g. 8 random letters and digits")
 
 

@@ -27,8 +27,6 @@ import hmac
 import logging
 import os
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +37,7 @@ from iom.service.errors import (InvalidInputError, PolicyError, RateLimitedError
                                 UnknownSubjectError)
 from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_bytes, unpack_codes
 from iom.service.policy import ServicePolicy, check_token_strength
+from iom.service.rate import CallWindows
 from iom.service.store import TemplateRecord, check_subject_id
 from iom.service.template_keys import (admin_verifier, binding_context, gallery_key, identification_key,
                                        key_version_for, row_key, scrypt_cost, verification_key)
@@ -46,7 +45,7 @@ from iom.service.template_keys import (admin_verifier, binding_context, gallery_
 SALT_BYTES = 16
 MAX_TOKEN_BYTES = 1024
 ADMIN_SETTING = "admin_verifier"
-MAX_TRACKED_CLIENTS = 10_000      # past this, clients idle for a minute are forgotten
+MAX_TRACKED_CLIENTS = 10_000      # past this, keys idle for a minute are forgotten
 audit_log = logging.getLogger("iomface.audit")
 audit_log.addHandler(logging.NullHandler())
 
@@ -122,8 +121,7 @@ class TemplateService:
             admin_verifier(self.secret, _token_bytes(admin_secret, "admin_secret"))
         self._gallery = None                    # (log head, PackedGallery, {template id: subject})
         self._gallery_lock = threading.Lock()
-        self._calls: dict[tuple[str, str], deque] = {}      # call times per (operation, client)
-        self._calls_lock = threading.Lock()
+        self._calls = CallWindows(60.0, MAX_TRACKED_CLIENTS)  # call times per (operation, client or subject)
 
     # ------------------------------------------------------------------ keys and codes
     def _context(self, subject_id: str, purpose: str, key_version: int) -> bytes:
@@ -194,6 +192,7 @@ class TemplateService:
         token = _token_bytes(user_token)
         x, _ = self._sample(None if probe is None else [probe], embedding)
         self._check_call_rate(client, "verify", self.policy.verify_per_minute)
+        self._check_call_rate(client, "verify", self.policy.subject_verify_per_minute, subject_id)
         self._check_failures(subject_id, client)
         try:
             record = self.store.active(subject_id).get("verify")
@@ -322,6 +321,23 @@ class TemplateService:
                  "created_at": r.created_at, "revoked_at": r.revoked_at, "version": version}
                 for r in history]
 
+    @staticmethod
+    def subject_rows(store, include_revoked: bool = False) -> list:
+        """The subjects of ``store``: their ids (active ones), or with ``include_revoked`` one row
+        per subject with its status, enrolment and revocation dates, template count and version."""
+        if not include_revoked:
+            return store.subjects(False)
+        rows = []
+        for subject in store.subjects(True):
+            history = TemplateService.describe(store, subject)
+            active = [t for t in history if t["revoked_at"] is None]
+            revoked = [t["revoked_at"] for t in history if t["revoked_at"] is not None]
+            rows.append({"subject": subject, "status": "active" if active else "revoked",
+                         "enrolled_at": min(t["created_at"] for t in (active or history)),
+                         "revoked_at": None if active else max(revoked), "templates": len(active),
+                         "version": history[0]["version"] if history else 0})
+        return rows
+
     def refresh(self) -> None:
         """Forget the identification gallery (rebuilt from the store on the next identify;
         changes of other processes are picked up anyway from the event log)."""
@@ -339,25 +355,21 @@ class TemplateService:
         if failures >= self.policy.max_failures:
             self.store.record_attempt(subject_id, client, "rate-limited", "refused")
             audit_log.warning("verify refused (rate limit) subject=%r client=%r", subject_id, client)
-            raise RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later")
+            raise RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later",
+                                   retry_after=self.policy.failure_window_s)
 
-    def _check_call_rate(self, client: str, op: str, per_minute: int) -> None:
-        """At most ``per_minute`` calls of ``op`` per client in any 60 s (this service object)."""
-        now = time.monotonic()
-        with self._calls_lock:
-            if len(self._calls) > MAX_TRACKED_CLIENTS:       # forget clients idle for a minute
-                self._calls = {k: v for k, v in self._calls.items() if v and now - v[-1] <= 60.0}
-            calls = self._calls.setdefault((op, str(client)), deque())
-            while calls and now - calls[0] > 60.0:
-                calls.popleft()
-            limited = len(calls) >= per_minute
-            if not limited:
-                calls.append(now)
-        if limited:
-            self.store.record_attempt("", client, op, "rate-limited")
-            audit_log.warning("%s refused (rate limit) client=%r", op, client)
-            raise RateLimitedError(f"client {client!r} made {per_minute} {op} calls in the last minute: "
-                                   "try again later")
+    def _check_call_rate(self, client: str, op: str, per_minute: int, subject_id: str = "") -> None:
+        """At most ``per_minute`` calls of ``op`` per client (or, with ``subject_id``, about
+        that subject whoever calls) in any 60 s (this service object)."""
+        key = (op, "subject", subject_id) if subject_id else (op, "client", str(client))
+        wait = self._calls.admit(key, per_minute)
+        if wait is None:
+            return
+        self.store.record_attempt(subject_id, client, op, "rate-limited")
+        audit_log.warning("%s refused (rate limit) subject=%r client=%r", op, subject_id, client)
+        who = f"{per_minute} {op} calls about {subject_id!r} were made" if subject_id else \
+            f"client {client!r} made {per_minute} {op} calls"
+        raise RateLimitedError(f"{who} in the last minute: try again later", retry_after=wait)
 
     def _authorise(self, subject_id: str, user_token, proof_photo, proof_embedding, admin_secret,
                    client: str) -> int:
