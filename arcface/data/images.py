@@ -27,7 +27,7 @@ import numpy as np
 
 from arcface.errors import ImageDecodeError, ImageTooLargeError
 
-__all__ = ["decode_image", "image_size", "encode_jpeg", "encode_png", "MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES"]
+__all__ = ["decode_image", "image_size", "header_size", "encode_jpeg", "encode_png", "MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES"]
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -334,7 +334,14 @@ def image_size(path: str | os.PathLike, max_bytes: int = 1 << 20) -> tuple[int, 
             buf = f.read(max_bytes)
     except OSError as e:
         raise ImageDecodeError(f"{source}: cannot read image ({e.strerror or e})") from None
-    _, head = _check_header(buf, source)
+    return header_size(buf, source)
+
+
+def header_size(data: BytesLike, source: str = "<bytes>") -> tuple[int, int]:
+    """``(width, height)`` of encoded image bytes from their header alone (nothing decoded);
+    :class:`ImageDecodeError` for data that is not an image in a supported format,
+    :class:`ImageTooLargeError` over the decode limits."""
+    _, head = _check_header(bytes(data), source)
     return head.width, head.height
 
 

@@ -114,8 +114,9 @@ def chunk_folds(n: int, n_folds: int = DEFAULT_N_FOLDS) -> np.ndarray:
     return np.repeat(np.arange(n_folds, dtype=np.int64), sizes)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place."""
+def atomic_write(path: str | os.PathLike, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to a temporary file next to ``path`` and move it into place (``private``:
+    the file stays 0600, as for keys)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -125,9 +126,10 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

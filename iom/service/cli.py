@@ -17,6 +17,11 @@ A template database (SQLite file or PostgreSQL; see "store" below):
     iomface show SUBJECT                                        template metadata, version (no codes)
     iomface set-admin --new_admin_secret_file F                 set or replace the administrator credential
 
+The same over HTTP (see the README, "HTTP service"):
+
+    iomface add-key NAME --role admin|client --keys_file F      a new API key (printed once, stored hashed)
+    iomface serve --keys_file F [--host 127.0.0.1 --port 8080]  the template service on HTTP
+
 Run ``iomface COMMAND --help`` for a command's options and examples. Options may come before
 or after the command.
 
@@ -84,7 +89,9 @@ from iom.service.cli_request import Request  # noqa: E402
 __all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_OK", "EXIT_REJECTED", "format_result", "main", "read_secret_file",
            "read_token", "run", "store_location", "witness_path"]
 COMMANDS = ("compare", "verify-pairs", "enroll", "verify", "identify", "revoke", "reissue", "list",
-            "show", "set-admin")
+            "show", "set-admin", "serve", "add-key", "remove-key", "list-keys")
+#: commands about the HTTP server's API keys (no model, no store, no secret)
+KEY_COMMANDS = ("add-key", "remove-key", "list-keys")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,6 +192,23 @@ COMMAND_HELP = {
     "set-admin": ("Set (or, with the current one, replace) the administrator credential.",
                   "Keeps an HMAC verifier of the new secret in the store, never the secret.",
                   ["iomface set-admin --new_admin_secret_file admin.secret"]),
+    "serve": ("Serve the template store over HTTP (FastAPI under uvicorn).",
+              "Loads the model once and answers enrol / verify / identify / revoke / reissue / list /\n"
+              "health / metrics requests; OpenAPI schema at /openapi.json. Requests authenticate with an API\n"
+              "key (Authorization: Bearer KEY) from --keys_file: admin keys enrol, revoke, reissue and list;\n"
+              "client keys verify and identify. Answers are decisions and ranks; similarities only to admin\n"
+              "keys with --admin_scores. Logs are JSON lines on standard error, without tokens, keys or\n"
+              "photos. Listens on 127.0.0.1 by default: put a TLS reverse proxy in front (README).",
+              ["iomface serve --db templates.db --keys_file keys.json",
+               "IOMFACE_APP_SECRET=... iomface serve --keys_file keys.json --port 8443 --tls_cert c.pem --tls_key k.pem"]),
+    "add-key": ("Create an API key for the HTTP service (printed once; the file keeps its SHA-256).",
+                "The key file is JSON, created 0600. A running server picks the new key up without a restart.",
+                ["iomface add-key desk-1 --role admin --keys_file keys.json",
+                 "iomface add-key door-3 --role client --keys_file keys.json --json"]),
+    "remove-key": ("Remove an API key from the key file (a running server stops accepting it).", "",
+                   ["iomface remove-key door-3 --keys_file keys.json"]),
+    "list-keys": ("List the API keys' names, roles and creation dates (never the keys).", "",
+                  ["iomface list-keys --keys_file keys.json"]),
 }
 
 
@@ -255,7 +279,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--new_admin_secret_file", required=True,
                    help="file holding the new administrator secret (chmod 600); replacing one needs the "
                         "current one (--admin_secret_file or $IOMFACE_ADMIN_SECRET)")
+    p = command("serve")
+    _serve_options(p)
+    for name in KEY_COMMANDS:
+        p = command(name)
+        if name != "list-keys":
+            p.add_argument("name", metavar="NAME", help="the key's name (who holds it: a desk, a door, an app)")
+        if name == "add-key":
+            p.add_argument("--role", required=True, choices=("admin", "client"),
+                           help="admin: enrol, revoke, reissue, list; client: verify and identify")
+        p.add_argument("--keys_file", default=None, help="the API key file (default $IOMFACE_KEYS_FILE)")
     return parser
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    from iom.service.policy import ServicePolicy
+
+    d = ServicePolicy()
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--keys_file", default=None, help="the API key file (default $IOMFACE_KEYS_FILE)")
+    p.add_argument("--tls_cert", default=None, help="TLS certificate (PEM), with --tls_key: serve HTTPS")
+    p.add_argument("--tls_key", default=None, help="TLS private key (PEM)")
+    p.add_argument("--admin_scores", action="store_true",
+                   help="return similarities to admin keys (never to client keys): research deployments only")
+    p.add_argument("--max_photo_bytes", type=int, default=10 * 1024 * 1024, help="bytes per photo (default 10 MiB)")
+    p.add_argument("--max_megapixels", type=float, default=25.0,
+                   help="pixels per photo, from its header before decoding (default 25 megapixels)")
+    p.add_argument("--max_photos", type=int, default=10, help="photos per enrolment (default 10)")
+    p.add_argument("--verify_per_minute", type=int, default=d.verify_per_minute,
+                   help=f"verifications per API key and minute (default {d.verify_per_minute})")
+    p.add_argument("--identify_per_minute", type=int, default=d.identify_per_minute,
+                   help=f"identifications per API key and minute (default {d.identify_per_minute})")
+    p.add_argument("--subject_verify_per_minute", type=int, default=d.subject_verify_per_minute,
+                   help=f"verifications of one subject per minute, all keys (default {d.subject_verify_per_minute})")
+    p.add_argument("--max_failures", type=int, default=d.max_failures,
+                   help=f"failed verifications of a subject per window before 429 (default {d.max_failures})")
+    p.add_argument("--failure_window_s", type=float, default=d.failure_window_s,
+                   help=f"that window, seconds (default {d.failure_window_s:g})")
+    p.add_argument("--log_level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="JSON log level (default info; debug also lets native libraries' own lines through)")
 
 
 def main(argv=None) -> int:
@@ -274,12 +337,21 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     code = EXIT_ERROR
     try:
-        request = Request(args)                   # every input checked before Keras is imported
-        if not args.verbose:
-            from arcface.cli import import_backend_quietly
+        if args.command in KEY_COMMANDS:
+            from iom.server.serve import key_command
 
-            import_backend_quietly()
-        result, code = run(args, request=request)
+            result, code = key_command(args)
+        else:
+            request = Request(args)                   # every input checked before Keras is imported
+            if not args.verbose:
+                from arcface.cli import import_backend_quietly
+
+                import_backend_quietly()
+            if args.command == "serve":
+                from iom.server.serve import serve
+
+                return serve(args, request)
+            result, code = run(args, request=request)
     except (IomfaceError, OSError) as e:
         message = str(e)
         for dsn in (args.db, os.environ.get("IOMFACE_DB")):

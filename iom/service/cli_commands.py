@@ -233,23 +233,6 @@ def _check_subject_before_loading(store, args) -> None:
         raise
 
 
-def _subject_rows(store, include_revoked: bool) -> list:
-    from iom.service.service import TemplateService
-
-    if not include_revoked:
-        return store.subjects(False)
-    rows = []
-    for subject in store.subjects(True):
-        history = TemplateService.describe(store, subject)
-        active = [t for t in history if t["revoked_at"] is None]
-        revoked = [t["revoked_at"] for t in history if t["revoked_at"] is not None]
-        rows.append({"subject": subject, "status": "active" if active else "revoked",
-                     "enrolled_at": min(t["created_at"] for t in (active or history)),
-                     "revoked_at": None if active else max(revoked), "templates": len(active),
-                     "version": history[0]["version"] if history else 0})
-    return rows
-
-
 def _store_command(args, request) -> tuple[object, int]:
     from iom.service.policy import ServicePolicy
     from iom.service.template_keys import row_key
@@ -260,7 +243,8 @@ def _store_command(args, request) -> tuple[object, int]:
         if cmd in MODEL_FREE_COMMANDS:
             store.authenticate(row_key(request.secret), witness)
             if cmd == "list":
-                return _subject_rows(store, args.all), EXIT_OK
+                from iom.service.service import TemplateService
+                return TemplateService.subject_rows(store, args.all), EXIT_OK
             from iom.service.service import TemplateService
             return TemplateService.describe(store, args.subject), EXIT_OK
         if cmd in ("revoke", "reissue"):

@@ -83,6 +83,11 @@ def format_result(command: str, result) -> str:
         return "\n".join(result) if result else "(no enrolled subject)"
     if command == "show":
         return "\n".join("  ".join(f"{k}={v}" for k, v in t.items()) for t in result)
+    if command == "add-key":
+        return (f"{result['key']}\n(the {result['role']} key {result['name']!r}: shown this once, only its SHA-256 is "
+                f"kept in {result['keys_file']}; give it to its holder over a private channel)")
+    if command == "list-keys":
+        return "\n".join(f"{k['name']}  {k['role']}  created {k['created_at']}" for k in result) or "(no key)"
     if isinstance(result, dict):
         return "  ".join(f"{k}={v}" for k, v in result.items())
     return str(result)

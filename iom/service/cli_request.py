@@ -11,7 +11,7 @@ from iom.service.cli_inputs import (admin_secret, app_secret, check_photo_files,
                                     store_location, subject_folders)
 
 #: commands that may create a SQLite database (every other one needs an existing one)
-CREATING_COMMANDS = ("enroll", "set-admin")
+CREATING_COMMANDS = ("enroll", "set-admin", "serve")
 
 
 def _embeddings(path):
