@@ -135,7 +135,8 @@ def test_health_and_openapi_need_no_key(server):
     assert routes == {("/health", "get"), ("/metrics", "get"), ("/v1/subjects/{subject_id}", "post"),
                       ("/v1/subjects/{subject_id}", "delete"), ("/v1/subjects/{subject_id}", "get"),
                       ("/v1/subjects/{subject_id}/verify", "post"), ("/v1/identify", "post"),
-                      ("/v1/subjects/{subject_id}/reissue", "post"), ("/v1/subjects", "get")}
+                      ("/v1/subjects/{subject_id}/reissue", "post"), ("/v1/subjects", "get"),
+                      ("/v1/compare", "post")}
 
 
 def test_enrol_verify_identify(server, admin, client, faces):
@@ -162,6 +163,18 @@ def test_enrol_verify_identify(server, admin, client, faces):
     shown = admin.http.get(f"/v1/subjects/{alice}").json()
     assert [t["purpose"] for t in shown["templates"]] == ["verify", "identify"]
     assert "code" not in json.dumps(shown) and "salt" not in json.dumps(shown)
+
+
+def test_compare_two_photos(server, client, faces):
+    def compare(a, b):
+        return client.http.post("/v1/compare", data={"aligned": "true"},
+                                files={"photo_a": ("a.jpg", a, "image/jpeg"), "photo_b": ("b.jpg", b, "image/jpeg")})
+
+    same, other = compare(*faces["Hans_Blix"][:2]), compare(faces["Hans_Blix"][0], faces["Bill_Simon"][0])
+    assert same.json()["accepted"] is True and other.json()["accepted"] is False
+    assert same.json()["similarity"] > other.json()["similarity"]
+    assert same.json()["operating_point"]["threshold"] == pytest.approx(0.3046875)
+    assert error(client.http.post("/v1/compare", files={"photo_a": ("a.jpg", faces["Hans_Blix"][0])}), 400)
 
 
 def test_raw_photo_goes_through_face_detection(server, admin, client):

@@ -6,6 +6,7 @@ method   route                               role    what
 POST     /v1/subjects/{subject_id}           admin   enrol from photos (multipart) and a token
 POST     /v1/subjects/{subject_id}/verify    client  1:1 decision for a photo and the token
 POST     /v1/identify                        client  1:N ranked candidates for a photo
+POST     /v1/compare                         client  same person or not, for two photos (no store)
 POST     /v1/subjects/{subject_id}/reissue   admin   new templates under a new token
 DELETE   /v1/subjects/{subject_id}           admin   revoke every active template
 GET      /v1/subjects                        admin   enrolled subjects (``?all=true``: revoked too)
@@ -288,6 +289,18 @@ def create_app(state: ServerState) -> FastAPI:
         else:
             out = [{"subject": c.subject_id, "rank": c.rank} for c in hits if c.accepted]
         return {"candidates": out, "operating_point": s.service.identification_point()}
+
+    @app.post("/v1/compare", tags=["photos"])
+    def compare(request: Request, credential: Client, photo_a: Photo, photo_b: Photo, aligned: Aligned = False):
+        """Same person or not, for two photos the caller holds (no store, no token): the
+        similarity of their un-keyed codes and the decision at the operating point. Counted
+        against the key's verification limit."""
+        s = _state(request)
+        a, b = _photos(s, [photo_a, photo_b], aligned)
+        s.service.check_call_rate(credential.name, "verify")
+        similarity = s.service.pipeline.similarity(a, b)
+        point = s.service.operating_point
+        return {"similarity": similarity, "accepted": similarity >= point.threshold, "operating_point": point.to_dict()}
 
     @app.post("/v1/subjects/{subject_id}/reissue", tags=["templates"])
     def reissue(request: Request, subject_id: str, credential: Admin, photos: Photos,

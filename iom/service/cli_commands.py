@@ -124,8 +124,7 @@ def _codes_of_photos(pipeline, photos, args, desc: str) -> dict:
 def _compare(args, request) -> tuple[object, int]:
     cal, point = _operating_point(args, request)
     pipeline = _load_pipeline(args, request)
-    codes = pipeline.hasher.encode(pipeline.embed_photos(request.photos), None)
-    similarity = float((codes[0] == codes[1]).mean())
+    similarity = pipeline.similarity(*request.photos)
     accepted = similarity >= point.threshold
     return ({"photo_a": args.photo_a, "photo_b": args.photo_b, "similarity": similarity, "accepted": accepted,
              "operating_point": point.to_dict()}, EXIT_OK if accepted else EXIT_REJECTED)

@@ -130,6 +130,12 @@ class Pipeline:
         images = np.stack([self._image(p) for p in photos])
         return self.embedder.embed_arrays(images)
 
+    def similarity(self, photo_a, photo_b) -> float:
+        """The similarity of two photos' un-keyed codes (the fraction of the m groups that
+        agree): what a comparison of two templates under one key gives."""
+        codes = self.hasher.encode(self.embed_photos([photo_a, photo_b]), None)
+        return float((codes[0] == codes[1]).mean())
+
     def check_embeddings(self, embeddings) -> np.ndarray:
         """Validated float32 embeddings (n, d), L2-normalised; typed error otherwise."""
         try:

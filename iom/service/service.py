@@ -358,6 +358,15 @@ class TemplateService:
             raise RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later",
                                    retry_after=self.policy.failure_window_s)
 
+    def check_call_rate(self, client: str, op: str) -> None:
+        """Count a call of ``op`` ("verify" or "identify") by ``client`` against the policy's
+        per-minute limit; :class:`RateLimitedError` past it (for work done outside the service
+        that the same limit should cover, e.g. comparing two photos)."""
+        limits = {"verify": self.policy.verify_per_minute, "identify": self.policy.identify_per_minute}
+        if op not in limits:
+            raise InvalidInputError(f"op must be one of {', '.join(limits)}, got {op!r}")
+        self._check_call_rate(client, op, limits[op])
+
     def _check_call_rate(self, client: str, op: str, per_minute: int, subject_id: str = "") -> None:
         """At most ``per_minute`` calls of ``op`` per client (or, with ``subject_id``, about
         that subject whoever calls) in any 60 s (this service object)."""
