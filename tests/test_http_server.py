@@ -368,6 +368,7 @@ def test_rate_limits_per_key_and_per_subject(server, admin, faces):
     assert codes == [200] * 10 + [429]
     r = c.identify(probe)
     assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+    assert c.identify(b"not a photo at all").status_code == 429          # refused before the photo is read
     # the client name is the key's: a made-up one in the form does not give a new budget
     r = c.http.post("/v1/identify", data={"aligned": "true", "client": "someone-else"},
                     files={"photo": ("p.jpg", probe, "image/jpeg")})

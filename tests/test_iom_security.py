@@ -357,6 +357,22 @@ def test_verify_calls_about_one_subject_are_limited_whoever_calls(tmp_path, hash
     service.store.close()
 
 
+def test_refused_calls_do_no_work_and_write_at_most_one_row_a_minute(tmp_path, hasher, monkeypatch):
+    service = make_service(tmp_path / "f.db", hasher, identify_per_minute=2)
+    x = enroll_people(service, 1)
+    for _ in range(2):
+        service.identify(embedding=x[0, 2], client="flood")
+    embedded = []
+    monkeypatch.setattr(service, "_sample", lambda *a: embedded.append(a))
+    for _ in range(20):
+        with pytest.raises(RateLimitedError):
+            service.identify(embedding=x[0, 2], client="flood")
+    assert embedded == []                                           # refused before the embedding
+    rows = [(c, op, out) for _, _, c, op, out in service.store.attempts()]
+    assert rows == [("flood", "identify", "rate-limited")]
+    service.store.close()
+
+
 def test_call_windows_admit_up_to_the_limit_and_say_when_to_retry():
     from iom.service.rate import CallWindows
 

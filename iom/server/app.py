@@ -266,8 +266,9 @@ def create_app(state: ServerState) -> FastAPI:
         """Whether the photo matches the subject under the token: ``accepted`` true or false
         (an unknown subject, a wrong token and another face are the same rejection)."""
         s = _state(request)
+        s.service.admit("verify", credential.name, subject_id)          # before any work on the photo
         probe = _photos(s, [photo], aligned)[0]
-        d = s.service.verify(subject_id, probe, token, client=credential.name)
+        d = s.service.verify(subject_id, probe, token, client=credential.name, admitted=True)
         out = {"subject": subject_id, "accepted": bool(d.accepted),
                "operating_point": s.service.operating_point.to_dict()}
         if _sees_scores(s, credential):
@@ -281,8 +282,9 @@ def create_app(state: ServerState) -> FastAPI:
         """Enrolled subjects matching the photo, best first, accepted at the 1:N threshold of the
         gallery's size."""
         s = _state(request)
+        s.service.admit("identify", credential.name)
         probe = _photos(s, [photo], aligned)[0]
-        hits = s.service.identify(probe, top_k, client=credential.name)
+        hits = s.service.identify(probe, top_k, client=credential.name, admitted=True)
         if _sees_scores(s, credential):
             out = [{"subject": c.subject_id, "rank": c.rank, "accepted": c.accepted, "similarity": c.similarity}
                    for c in hits]
@@ -296,8 +298,8 @@ def create_app(state: ServerState) -> FastAPI:
         similarity of their un-keyed codes and the decision at the operating point. Counted
         against the key's verification limit."""
         s = _state(request)
+        s.service.admit("compare", credential.name)
         a, b = _photos(s, [photo_a, photo_b], aligned)
-        s.service.check_call_rate(credential.name, "verify")
         similarity = s.service.pipeline.similarity(a, b)
         point = s.service.operating_point
         return {"similarity": similarity, "accepted": similarity >= point.threshold, "operating_point": point.to_dict()}

@@ -122,6 +122,7 @@ class TemplateService:
         self._gallery = None                    # (log head, PackedGallery, {template id: subject})
         self._gallery_lock = threading.Lock()
         self._calls = CallWindows(60.0, MAX_TRACKED_CLIENTS)  # call times per (operation, client or subject)
+        self._refusals = CallWindows(60.0, MAX_TRACKED_CLIENTS)  # refusals written to the store
 
     # ------------------------------------------------------------------ keys and codes
     def _context(self, subject_id: str, purpose: str, key_version: int) -> bytes:
@@ -182,18 +183,20 @@ class TemplateService:
         audit_log.info("enroll subject=%r templates=%s", subject_id, ids)
         return ids
 
-    def verify(self, subject_id: str, probe=None, user_token=None, embedding=None, client: str = "") -> Decision:
+    def verify(self, subject_id: str, probe=None, user_token=None, embedding=None, client: str = "",
+               admitted: bool = False) -> Decision:
         """Whether the probe (a photo; an embedding if the policy allows) matches the subject's
         template under the key of ``user_token``. An unknown or revoked subject, a wrong
         token and a different face are all one answer: not accepted. After
         ``policy.max_failures`` rejections of a subject within ``policy.failure_window_s``,
-        :class:`RateLimitedError` until the window has passed."""
+        :class:`RateLimitedError` until the window has passed. The limits are checked before
+        any work (:meth:`admit`; ``admitted=True``: the caller already did, before its own work
+        such as decoding and aligning the photo)."""
         subject_id = check_subject_id(subject_id)
         token = _token_bytes(user_token)
+        if not admitted:
+            self.admit("verify", client, subject_id)
         x, _ = self._sample(None if probe is None else [probe], embedding)
-        self._check_call_rate(client, "verify", self.policy.verify_per_minute)
-        self._check_call_rate(client, "verify", self.policy.subject_verify_per_minute, subject_id)
-        self._check_failures(subject_id, client)
         try:
             record = self.store.active(subject_id).get("verify")
         except UnknownSubjectError:
@@ -216,7 +219,8 @@ class TemplateService:
             return Decision(accepted, similarity, self.threshold)
         return Decision(accepted)
 
-    def identify(self, probe=None, top_k: int = 5, embedding=None, client: str = "") -> list[Candidate]:
+    def identify(self, probe=None, top_k: int = 5, embedding=None, client: str = "",
+                 admitted: bool = False) -> list[Candidate]:
         """Enrolled subjects matching the probe, best first (at most ``top_k``).
 
         By default only candidates accepted at the 1:N threshold for the gallery's size
@@ -226,8 +230,9 @@ class TemplateService:
             raise TemplateError("this service keeps no identification templates")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
+        if not admitted:
+            self.admit("identify", client)
         x, _ = self._sample(None if probe is None else [probe], embedding)
-        self._check_call_rate(client, "identify", self.policy.identify_per_minute)
         gallery, subjects = self._current_gallery()
         if not len(gallery):
             return []
@@ -353,19 +358,33 @@ class TemplateService:
     def _check_failures(self, subject_id: str, client: str) -> None:
         failures = self.store.count_attempts(subject_id, "verify", self.policy.failure_window_s)
         if failures >= self.policy.max_failures:
-            self.store.record_attempt(subject_id, client, "rate-limited", "refused")
+            self._record_refusal(subject_id, client, "rate-limited", "refused")
             audit_log.warning("verify refused (rate limit) subject=%r client=%r", subject_id, client)
             raise RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later",
                                    retry_after=self.policy.failure_window_s)
 
-    def check_call_rate(self, client: str, op: str) -> None:
-        """Count a call of ``op`` ("verify" or "identify") by ``client`` against the policy's
-        per-minute limit; :class:`RateLimitedError` past it (for work done outside the service
-        that the same limit should cover, e.g. comparing two photos)."""
-        limits = {"verify": self.policy.verify_per_minute, "identify": self.policy.identify_per_minute}
-        if op not in limits:
-            raise InvalidInputError(f"op must be one of {', '.join(limits)}, got {op!r}")
-        self._check_call_rate(client, op, limits[op])
+    def admit(self, op: str, client: str = "", subject_id: str | None = None) -> None:
+        """Count one call of ``op`` by ``client`` against the policy's limits, before any work:
+        ``"verify"`` (per client, per subject whoever calls, and the subject's failed
+        verifications), ``"identify"`` (per client), ``"compare"`` (two photos, no template:
+        the client's verification budget). :class:`RateLimitedError` past a limit."""
+        if op == "verify":
+            subject_id = check_subject_id(subject_id)
+            self._check_call_rate(client, "verify", self.policy.verify_per_minute)
+            self._check_call_rate(client, "verify", self.policy.subject_verify_per_minute, subject_id)
+            self._check_failures(subject_id, client)
+        elif op == "identify":
+            self._check_call_rate(client, "identify", self.policy.identify_per_minute)
+        elif op == "compare":
+            self._check_call_rate(client, "verify", self.policy.verify_per_minute)
+        else:
+            raise InvalidInputError(f"op must be verify, identify or compare, got {op!r}")
+
+    def _record_refusal(self, subject_id: str, client: str, op: str, outcome: str) -> None:
+        """A refusal in the store's attempt log, at most once a minute per (subject, client, op):
+        a flood of refused calls must not become a flood of writes."""
+        if self._refusals.admit((subject_id, str(client), op), 1) is None:
+            self.store.record_attempt(subject_id, client, op, outcome)
 
     def _check_call_rate(self, client: str, op: str, per_minute: int, subject_id: str = "") -> None:
         """At most ``per_minute`` calls of ``op`` per client (or, with ``subject_id``, about
@@ -374,7 +393,7 @@ class TemplateService:
         wait = self._calls.admit(key, per_minute)
         if wait is None:
             return
-        self.store.record_attempt(subject_id, client, op, "rate-limited")
+        self._record_refusal(subject_id, client, op, "rate-limited")
         audit_log.warning("%s refused (rate limit) subject=%r client=%r", op, subject_id, client)
         who = f"{per_minute} {op} calls about {subject_id!r} were made" if subject_id else \
             f"client {client!r} made {per_minute} {op} calls"
