@@ -3,8 +3,8 @@ loopback port, driven by httpx, on SQLite and on PostgreSQL.
 
 One server per store (module scope: the model loads once each); every test takes fresh API
 keys and subject names, so the per-key and per-subject limits of one test do not touch
-another. The SQLite server runs with ``--admin_scores`` (similarities to admin keys), the
-PostgreSQL one without (to nobody). Faces are LFW crops from ../shared/data (aligned=true);
+another. The SQLite server runs with ``--admin_scores`` (similarities to admin keys) and
+``--device_codes`` (un-keyed codes in place of photos), the PostgreSQL one with neither. Faces are LFW crops from ../shared/data (aligned=true);
 one test sends a raw photo through MTCNN.
 """
 
@@ -50,8 +50,9 @@ def server(request, tmp_path_factory):
     shared_data("lfw_112")
     folder = tmp_path_factory.mktemp(f"server-{request.param}")
     if request.param == "sqlite":
-        with LocalServer(db=str(folder / "t.db"), options=OPTIONS + ["--admin_scores"], folder=folder) as s:
-            s.admin_scores = True
+        with LocalServer(db=str(folder / "t.db"), options=OPTIONS + ["--admin_scores", "--device_codes"],
+                         folder=folder) as s:
+            s.admin_scores = s.device_codes = True
             yield s
         return
     reason = unavailable_reason()
@@ -63,7 +64,7 @@ def server(request, tmp_path_factory):
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute('CREATE DATABASE "http_test"')
         with LocalServer(db=pg.url_for("http_test"), options=OPTIONS, folder=folder) as s:
-            s.admin_scores = False
+            s.admin_scores = s.device_codes = False
             yield s
 
 
@@ -262,6 +263,33 @@ def test_similarities_only_to_admins_and_only_when_enabled(server, admin, client
         assert [c["similarity"] for c in ranked] == sorted((c["similarity"] for c in ranked), reverse=True)
     else:
         assert no_scores(as_admin) and all(set(c) == {"subject", "rank"} for c in ranked)
+
+
+def test_device_codes_instead_of_photos(server, admin, client):
+    """A device running the exported model sends its un-keyed code (only with --device_codes)."""
+    import numpy as np
+
+    code = np.random.default_rng(next(_names)).integers(0, 8, 512)
+    far = code.copy()
+    far[:400] = (far[:400] + 1) % 8                                  # 22% of the groups agree
+    text = lambda c: ",".join(str(int(v)) for v in c)                # noqa: E731
+    name = subject()
+    r = admin.http.post(f"/v1/subjects/{name}", data={"token": TOKEN, "code": text(code)})
+    if not server.device_codes:
+        assert "device codes" in error(r, 403)["message"]
+        return
+    assert r.status_code == 201, r.text
+
+    def verify(c):
+        return client.http.post(f"/v1/subjects/{name}/verify", data={"token": TOKEN, "code": c})
+
+    assert verify(text(code)).json()["accepted"] is True and verify(text(far)).json()["accepted"] is False
+    found = client.http.post("/v1/identify", data={"code": text(code)}).json()["candidates"]
+    assert found[0] == {"subject": name, "rank": 1}
+    assert "512 integers" in error(verify(text(code[:10])), 422)["message"]
+    assert error(verify("1,2,x"), 422) and error(verify(text(code) + ",8"), 422)
+    assert "not both" in error(client.http.post(f"/v1/subjects/{name}/verify", data={"token": TOKEN, "code": text(code)},
+                                                files={"photo": ("p.jpg", b"x")}), 422)["message"]
 
 
 # ---------------------------------------------------------------------------- bad requests

@@ -553,3 +553,36 @@ def test_stored_administrator_credential(tmp_path, hasher):
         make_service(path, hasher, admin=None)
     assert x is not None
     service.store.close()
+
+
+# ---------------------------------------------------------------------------- device codes
+def test_device_codes_stand_for_the_faces_they_come_from(tmp_path, hasher):
+    """A device running the exported model sends the un-keyed code instead of a photo: the
+    service keys it exactly as it keys the embedding the code came from."""
+    from iom.service.errors import InvalidInputError, PolicyError
+
+    service = make_service(tmp_path / "c.db", hasher, allow_codes=True)
+    x = enroll_people(service, 3)                                   # enrolled from embeddings
+    code = lambda e: hasher.codes(e[None] / np.linalg.norm(e))[0]   # noqa: E731 - what the device computes
+    for i in range(3):
+        by_embedding = service.verify(f"s{i}", user_token=f"token-{i}-secret", embedding=x[i, 2])
+        by_code = service.verify(f"s{i}", user_token=f"token-{i}-secret", code=code(x[i, 2]))
+        assert by_code == by_embedding
+    assert not service.verify("s0", user_token="token-0-secret", code=code(x[1, 2])).accepted
+    assert [c.subject_id for c in service.identify(code=code(x[2, 2]))][:1] == ["s2"]
+    # enrolled from a device code: verified by a photo's embedding, identified by a code
+    service.enroll("d0", code=code(x[0, :2].mean(0)), user_token="token-d0-secret")
+    assert service.verify("d0", user_token="token-d0-secret", embedding=x[0, 2]).accepted
+    with pytest.raises(InvalidInputError, match="integers"):
+        service.verify("s0", user_token="token-0-secret", code=[0.5] * service.m)
+    with pytest.raises(InvalidInputError, match=r"\[0, 8\)"):
+        service.verify("s0", user_token="token-0-secret", code=[8] * service.m)
+    with pytest.raises(InvalidInputError, match="integers"):
+        service.enroll("d1", code=[1, 2, 3], user_token="token-d1-secret")
+    with pytest.raises(InvalidInputError, match="not several"):
+        service.verify("s0", user_token="token-0-secret", embedding=x[0, 2], code=code(x[0, 2]))
+    service.store.close()
+    strict = make_service(tmp_path / "d.db", hasher)                # the default policy refuses codes
+    with pytest.raises(PolicyError, match="device codes"):
+        strict.identify(code=code(x[0, 2]))
+    strict.store.close()

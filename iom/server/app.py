@@ -41,7 +41,7 @@ from arcface.errors import IomfaceError
 from iom.server.api_keys import Credential, KeyRing
 from iom.server.http_errors import REASONS, error_body, error_headers, public_message, status_of
 from iom.server.metrics import Metrics
-from iom.server.uploads import PhotoAligner, UploadLimits, read_photo
+from iom.server.uploads import PhotoAligner, UploadLimits, parse_code, read_photo
 
 request_log = logging.getLogger("iomface.http")
 ROLE_CAN = {"admin": {"admin", "client"}, "client": {"client"}}
@@ -97,8 +97,10 @@ def role(needed: str):
 
 Admin = Annotated[Credential, Depends(role("admin"))]
 Client = Annotated[Credential, Depends(role("client"))]
-Photo = Annotated[UploadFile, File(description="a photo (JPEG, PNG, ...); with aligned=true a 112x112 crop")]
-Photos = Annotated[list[UploadFile], File(description="one or more photos of the subject (fused)")]
+Photo = Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, ...); with aligned=true a 112x112 crop")]
+Photos = Annotated[list[UploadFile] | None, File(description="one or more photos of the subject (fused)")]
+Code = Annotated[str | None, Form(description="instead of photos, with serve --device_codes: the exported model's "
+                                              "un-keyed code of one face, comma-separated integers")]
 Aligned = Annotated[bool, Form(description="the photos are aligned 112x112 crops: skip face detection")]
 
 
@@ -118,6 +120,19 @@ def _photos(state: ServerState, uploads: list[UploadFile], aligned: bool) -> lis
     if not aligned and state.aligner is None:
         raise InvalidInputError("this server takes aligned crops only (aligned=true)")
     return state.aligner(data, aligned) if state.aligner is not None else data
+
+
+def _sample(state: ServerState, uploads: list[UploadFile] | None, aligned: bool, code: str | None) -> dict:
+    """The service's keyword arguments for a request's sample: ``photos`` or a device ``code``."""
+    from iom.service.errors import InvalidInputError
+
+    if code is not None:
+        if uploads:
+            raise InvalidInputError("give photos or a code, not both")
+        return {"code": parse_code(code)}
+    if not uploads:
+        raise InvalidInputError("no photo given (or, with serve --device_codes, a code)")
+    return {"photos": _photos(state, uploads, aligned)}
 
 
 def _templates(ids) -> list[dict]:
@@ -251,24 +266,26 @@ def create_app(state: ServerState) -> FastAPI:
                                  media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/subjects/{subject_id}", status_code=201, tags=["templates"])
-    def enrol(request: Request, subject_id: str, credential: Admin, photos: Photos,
+    def enrol(request: Request, subject_id: str, credential: Admin,
               token: Annotated[str, Form(description="the subject's token (keys the verification template)")],
-              aligned: Aligned = False):
+              photos: Photos = None, aligned: Aligned = False, code: Code = None):
         """Enrol a subject: one verification template (under the token) and one identification
         template. Several photos are fused. 409 if the subject is already enrolled."""
         s = _state(request)
-        ids = s.service.enroll(subject_id, _photos(s, photos, aligned), user_token=token)
+        ids = s.service.enroll(subject_id, user_token=token, **_sample(s, photos, aligned, code))
         return {"subject": subject_id, "templates": _templates(ids)}
 
     @app.post("/v1/subjects/{subject_id}/verify", tags=["templates"])
-    def verify(request: Request, subject_id: str, credential: Client, photo: Photo,
-               token: Annotated[str, Form(description="the subject's token")], aligned: Aligned = False):
+    def verify(request: Request, subject_id: str, credential: Client,
+               token: Annotated[str, Form(description="the subject's token")], photo: Photo = None,
+               aligned: Aligned = False, code: Code = None):
         """Whether the photo matches the subject under the token: ``accepted`` true or false
         (an unknown subject, a wrong token and another face are the same rejection)."""
         s = _state(request)
         s.service.admit("verify", credential.name, subject_id)          # before any work on the photo
-        probe = _photos(s, [photo], aligned)[0]
-        d = s.service.verify(subject_id, probe, token, client=credential.name, admitted=True)
+        probe = _sample(s, [photo] if photo else None, aligned, code)
+        d = s.service.verify(subject_id, probe["photos"][0] if "photos" in probe else None, token,
+                             client=credential.name, admitted=True, code=probe.get("code"))
         out = {"subject": subject_id, "accepted": bool(d.accepted),
                "operating_point": s.service.operating_point.to_dict()}
         if _sees_scores(s, credential):
@@ -276,15 +293,16 @@ def create_app(state: ServerState) -> FastAPI:
         return out
 
     @app.post("/v1/identify", tags=["templates"])
-    def identify(request: Request, credential: Client, photo: Photo,
+    def identify(request: Request, credential: Client, photo: Photo = None,
                  top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K, description="at most this many candidates")] = 5,
-                 aligned: Aligned = False):
+                 aligned: Aligned = False, code: Code = None):
         """Enrolled subjects matching the photo, best first, accepted at the 1:N threshold of the
         gallery's size."""
         s = _state(request)
         s.service.admit("identify", credential.name)
-        probe = _photos(s, [photo], aligned)[0]
-        hits = s.service.identify(probe, top_k, client=credential.name, admitted=True)
+        probe = _sample(s, [photo] if photo else None, aligned, code)
+        hits = s.service.identify(probe["photos"][0] if "photos" in probe else None, top_k, client=credential.name,
+                                  admitted=True, code=probe.get("code"))
         if _sees_scores(s, credential):
             out = [{"subject": c.subject_id, "rank": c.rank, "accepted": c.accepted, "similarity": c.similarity}
                    for c in hits]
@@ -293,7 +311,8 @@ def create_app(state: ServerState) -> FastAPI:
         return {"candidates": out, "operating_point": s.service.identification_point()}
 
     @app.post("/v1/compare", tags=["photos"])
-    def compare(request: Request, credential: Client, photo_a: Photo, photo_b: Photo, aligned: Aligned = False):
+    def compare(request: Request, credential: Client, photo_a: Annotated[UploadFile, File()],
+                photo_b: Annotated[UploadFile, File()], aligned: Aligned = False):
         """Same person or not, for two photos the caller holds (no store, no token): the
         similarity of their un-keyed codes and the decision at the operating point. Counted
         against the key's verification limit."""
@@ -305,13 +324,14 @@ def create_app(state: ServerState) -> FastAPI:
         return {"similarity": similarity, "accepted": similarity >= point.threshold, "operating_point": point.to_dict()}
 
     @app.post("/v1/subjects/{subject_id}/reissue", tags=["templates"])
-    def reissue(request: Request, subject_id: str, credential: Admin, photos: Photos,
+    def reissue(request: Request, subject_id: str, credential: Admin,
                 new_token: Annotated[str, Form(description="the subject's new token")],
-                aligned: Aligned = False,
+                photos: Photos = None, aligned: Aligned = False, code: Code = None,
                 expected_version: Annotated[int | None, Form(description="refuse if the version changed")] = None):
         """Revoke the subject's templates and enrol new ones under ``new_token``, atomically."""
         s = _state(request)
-        ids = s.service.reissue(subject_id, _photos(s, photos, aligned), new_token, admin_secret=s.admin_secret,
+        ids = s.service.reissue(subject_id, new_token=new_token, admin_secret=s.admin_secret,
+                                **_sample(s, photos, aligned, code),
                                 expected_version=expected_version, client=credential.name)
         return {"subject": subject_id, "templates": _templates(ids)}
 

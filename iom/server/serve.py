@@ -78,7 +78,8 @@ def build_app(args, request):
 
     keys = KeyRing(keys_file(args), on_error=lambda message: log.error(message))
     limits = UploadLimits(args.max_photo_bytes, int(args.max_megapixels * 1e6), args.max_photos)
-    policy = ServicePolicy(expose_scores=args.admin_scores, verify_per_minute=args.verify_per_minute,
+    policy = ServicePolicy(expose_scores=args.admin_scores, allow_codes=args.device_codes,
+                           verify_per_minute=args.verify_per_minute,
                            identify_per_minute=args.identify_per_minute,
                            subject_verify_per_minute=args.subject_verify_per_minute,
                            max_failures=args.max_failures, failure_window_s=args.failure_window_s)

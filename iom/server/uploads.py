@@ -53,6 +53,15 @@ def read_photo(upload, limits: UploadLimits, field: str = "photo") -> bytes:
     return data
 
 
+def parse_code(text: str) -> list[int]:
+    """A device code from a form field: the exported model's ``code`` output for one face as
+    comma- (or space-) separated integers; its length and range are the service's to check."""
+    parts = text.replace(",", " ").split()
+    if not parts or len(parts) > 65536 or not all(p.isdigit() and len(p) <= 10 for p in parts):
+        raise InvalidInputError("code must be the device's code as comma-separated integers (one per group)")
+    return [int(p) for p in parts]
+
+
 class PhotoAligner:
     """Raw photos → aligned crops (MTCNN and the five-point warp), one at a time (the detector
     is not shared between threads); aligned uploads pass through as bytes, checked by the

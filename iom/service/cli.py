@@ -303,6 +303,9 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls_key", default=None, help="TLS private key (PEM)")
     p.add_argument("--admin_scores", action="store_true",
                    help="return similarities to admin keys (never to client keys): research deployments only")
+    p.add_argument("--device_codes", action="store_true",
+                   help="accept a device's un-keyed code (the exported model's output, form field 'code') in place "
+                        "of photos, so neither photo nor embedding leaves the device")
     p.add_argument("--max_photo_bytes", type=int, default=10 * 1024 * 1024, help="bytes per photo (default 10 MiB)")
     p.add_argument("--max_megapixels", type=float, default=25.0,
                    help="pixels per photo, from its header before decoding (default 25 megapixels)")

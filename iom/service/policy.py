@@ -17,6 +17,10 @@ The defaults are for a service facing untrusted callers:
 
 ``expose_scores`` and ``allow_embeddings`` are library-level options for research and
 trusted back ends; the CLI enables embeddings only with ``--allow_embeddings``.
+``allow_codes`` accepts a device's un-keyed code (the exported model's output) in place of a
+photo, so that neither photo nor embedding leaves the device; like an embedding, a code lets
+the caller choose its probe freely, so it is off unless the deployment's devices need it
+(``iomface serve --device_codes``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ServicePolicy:
 
     expose_scores: bool = False
     allow_embeddings: bool = False
+    allow_codes: bool = False
     min_token_bits: float = 32.0
     max_failures: int = 5
     failure_window_s: float = 900.0

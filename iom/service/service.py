@@ -50,6 +50,20 @@ audit_log = logging.getLogger("iomface.audit")
 audit_log.addHandler(logging.NullHandler())
 
 
+class _Sample:
+    """What a request brings to be hashed: a fused embedding, or a device's un-keyed code
+    (which a key relabels as the hasher would: key_mode 'code')."""
+
+    def __init__(self, hasher, embedding: np.ndarray | None = None, code: np.ndarray | None = None):
+        self.hasher, self.embedding, self.code = hasher, embedding, code
+
+    def encode(self, key) -> np.ndarray:
+        """The sample's code (1, m) under ``key`` (``None``: un-keyed)."""
+        if self.code is None:
+            return self.hasher.encode(self.embedding, key)
+        return self.code if key is None else self.hasher.keying(key).apply(self.code)
+
+
 @dataclass(frozen=True)
 class Decision:
     """A verification result; ``similarity`` and ``threshold`` only when the policy exposes scores."""
@@ -139,20 +153,20 @@ class TemplateService:
         key = identification_key(self.secret, salt, self._context(subject_id, "identify", key_version))
         return CodeKeying(key, self.m, self.q)
 
-    def _gallery_code(self, embedding: np.ndarray) -> np.ndarray:
+    def _gallery_code(self, sample: "_Sample") -> np.ndarray:
         """Codes in the secret gallery space, where identification compares."""
-        return self.pipeline.hasher.encode(embedding, self._gallery_key)
+        return sample.encode(self._gallery_key)
 
-    def _records(self, subject_id: str, embedding: np.ndarray, token: bytes, n: int) -> list[TemplateRecord]:
+    def _records(self, subject_id: str, sample: "_Sample", token: bytes, n: int) -> list[TemplateRecord]:
         kv = self.key_version
         common = dict(subject_id=subject_id, key_version=kv, model_id=self.pipeline.model_id,
                       m=self.m, q=self.q, n_photos=n)
         salt = os.urandom(SALT_BYTES)
-        code = self.pipeline.hasher.encode(embedding, self._verification_key(token, salt, subject_id, kv))
+        code = sample.encode(self._verification_key(token, salt, subject_id, kv))
         records = [TemplateRecord(purpose="verify", salt=salt, code=self._pack(code), **common)]
         if self.identification:
             salt = os.urandom(SALT_BYTES)
-            relabelled = self._identification_keying(subject_id, salt, kv).apply(self._gallery_code(embedding))
+            relabelled = self._identification_keying(subject_id, salt, kv).apply(self._gallery_code(sample))
             records.append(TemplateRecord(purpose="identify", salt=salt, code=self._pack(relabelled), **common))
         return records
 
@@ -166,25 +180,51 @@ class TemplateService:
         except ValueError as e:
             raise TemplateError(f"stored template {record.template_id} is unreadable: {e}") from None
 
-    def _sample(self, photos, embeddings):
+    def _sample(self, photos, embeddings, code=None) -> tuple["_Sample", int]:
+        """The sample of a request (photos fused, embeddings, or one device code) and how many
+        photos or embeddings went in."""
+        if code is not None:
+            if photos is not None or embeddings is not None:
+                raise InvalidInputError("give photos, embeddings or a code, not several")
+            return _Sample(self.pipeline.hasher, code=self._device_code(code)), 1
         if embeddings is not None and not self.policy.allow_embeddings:
             raise PolicyError("this service takes photos, not raw embeddings "
                               "(ServicePolicy(allow_embeddings=True) enables them for trusted callers)")
-        return self.pipeline.fused_embedding(photos, embeddings)
+        embedding, n = self.pipeline.fused_embedding(photos, embeddings)
+        return _Sample(self.pipeline.hasher, embedding=embedding), n
+
+    def _device_code(self, code) -> np.ndarray:
+        """A device's un-keyed code (m symbols in [0, q), from the exported model), checked."""
+        if not self.policy.allow_codes:
+            raise PolicyError("this service takes photos, not device codes (ServicePolicy(allow_codes=True), "
+                              "iomface serve --device_codes, enables them for devices running the exported model)")
+        if self.pipeline.hasher.key_mode != "code":
+            raise InvalidInputError("device codes need a hasher keyed on its code (key_mode 'code')")
+        try:
+            values = np.asarray(code)
+        except (TypeError, ValueError):
+            values = np.asarray([])
+        if values.dtype.kind not in "iu" or values.size != self.m or values.ndim > 2 or \
+                (values.ndim == 2 and values.shape[0] != 1):
+            raise InvalidInputError(f"a code is {self.m} integers in [0, {self.q}) (the exported model's "
+                                    f"'code' output for one face), got {values.dtype} of shape {values.shape}")
+        if values.min() < 0 or values.max() >= self.q:
+            raise InvalidInputError(f"code symbols must lie in [0, {self.q})")
+        return values.reshape(1, self.m).astype(np.int64)
 
     # ------------------------------------------------------------------ operations
-    def enroll(self, subject_id: str, photos=None, embeddings=None, user_token=None) -> list[int]:
-        """Enroll a subject from photos (or, if the policy allows, embeddings; several are
-        fused); returns the template ids."""
+    def enroll(self, subject_id: str, photos=None, embeddings=None, user_token=None, code=None) -> list[int]:
+        """Enroll a subject from photos (or, if the policy allows, embeddings, several fused, or
+        one device code: the exported model's un-keyed code); returns the template ids."""
         subject_id = check_subject_id(subject_id)
         token = self._new_token(user_token, "user_token")
-        embedding, n = self._sample(photos, embeddings)
-        ids = self.store.enroll(self._records(subject_id, embedding, token, n))
+        sample, n = self._sample(photos, embeddings, code)
+        ids = self.store.enroll(self._records(subject_id, sample, token, n))
         audit_log.info("enroll subject=%r templates=%s", subject_id, ids)
         return ids
 
     def verify(self, subject_id: str, probe=None, user_token=None, embedding=None, client: str = "",
-               admitted: bool = False) -> Decision:
+               admitted: bool = False, code=None) -> Decision:
         """Whether the probe (a photo; an embedding if the policy allows) matches the subject's
         template under the key of ``user_token``. An unknown or revoked subject, a wrong
         token and a different face are all one answer: not accepted. After
@@ -196,20 +236,18 @@ class TemplateService:
         token = _token_bytes(user_token)
         if not admitted:
             self.admit("verify", client, subject_id)
-        x, _ = self._sample(None if probe is None else [probe], embedding)
+        sample, _ = self._sample(None if probe is None else [probe], embedding, code)
         try:
             record = self.store.active(subject_id).get("verify")
         except UnknownSubjectError:
             record = None
         if record is None:       # the same work as a real comparison, then a rejection
-            self.pipeline.hasher.encode(x, self._verification_key(token, os.urandom(SALT_BYTES), subject_id,
-                                                                  self.key_version))
+            sample.encode(self._verification_key(token, os.urandom(SALT_BYTES), subject_id, self.key_version))
             similarity = 0.0
         else:
             self._check_model(record)
-            code = self.pipeline.hasher.encode(
-                x, self._verification_key(token, record.salt, subject_id, record.key_version))
-            mismatches = int(count_mismatches(self._stored(record), pack_codes(code, self.q)[0]))
+            keyed = sample.encode(self._verification_key(token, record.salt, subject_id, record.key_version))
+            mismatches = int(count_mismatches(self._stored(record), pack_codes(keyed, self.q)[0]))
             similarity = float(1.0 - mismatches / self.m)
         accepted = similarity >= self.threshold
         if not accepted:
@@ -220,7 +258,7 @@ class TemplateService:
         return Decision(accepted)
 
     def identify(self, probe=None, top_k: int = 5, embedding=None, client: str = "",
-                 admitted: bool = False) -> list[Candidate]:
+                 admitted: bool = False, code=None) -> list[Candidate]:
         """Enrolled subjects matching the probe, best first (at most ``top_k``).
 
         By default only candidates accepted at the 1:N threshold for the gallery's size
@@ -232,12 +270,12 @@ class TemplateService:
             raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
         if not admitted:
             self.admit("identify", client)
-        x, _ = self._sample(None if probe is None else [probe], embedding)
+        sample, _ = self._sample(None if probe is None else [probe], embedding, code)
         gallery, subjects = self._current_gallery()
         if not len(gallery):
             return []
         threshold = self.identification_threshold(len(gallery))
-        hits = gallery.search(self._gallery_code(x)[0], top_k)
+        hits = gallery.search(self._gallery_code(sample)[0], top_k)
         out = [Candidate(subjects[tid], rank, bool(sim >= threshold),
                          float(sim) if self.policy.expose_scores else None)
                for rank, (tid, sim) in enumerate(hits, 1)]
@@ -280,14 +318,15 @@ class TemplateService:
 
     def reissue(self, subject_id: str, photos=None, new_token=None, embeddings=None, *, user_token=None,
                 proof_photo=None, proof_embedding=None, admin_secret=None,
-                expected_version: int | None = None, client: str = "") -> list[int]:
-        """Revoke the subject's templates and enroll new ones under ``new_token``, atomically;
-        the same proof as :meth:`revoke`."""
+                expected_version: int | None = None, client: str = "", code=None) -> list[int]:
+        """Revoke the subject's templates and enroll new ones under ``new_token`` (from photos,
+        embeddings or a device code, as :meth:`enroll`), atomically; the same proof as
+        :meth:`revoke`."""
         subject_id = check_subject_id(subject_id)
         token = self._new_token(new_token, "new_token")
-        embedding, n = self._sample(photos, embeddings)
+        sample, n = self._sample(photos, embeddings, code)
         version = self._authorise(subject_id, user_token, proof_photo, proof_embedding, admin_secret, client)
-        ids = self.store.reissue(subject_id, self._records(subject_id, embedding, token, n),
+        ids = self.store.reissue(subject_id, self._records(subject_id, sample, token, n),
                                  expected_version=version if expected_version is None else expected_version)
         audit_log.info("reissue subject=%r templates=%s by=%s", subject_id, ids,
                        "admin" if admin_secret is not None else "user")
