@@ -400,7 +400,7 @@ def test_readme_cli_examples_name_real_commands_and_options():
     parser = _parser()
     for line in lines:
         for part in line.split(";"):
-            argv = shlex.split(part.split("<<<")[0])[1:]
+            argv = shlex.split(re.split(r"<<<|\s[>|&]", part)[0])[1:]       # the command, not the shell's part
             parser.parse_args(argv)
 
 
