@@ -64,8 +64,8 @@ class GroupArgmax(keras.layers.Layer):
 def input_spec(variant: str, input_size: int = 112, crop_size: int = DEFAULT_CROP_SIZE) -> dict:
     """What the exported model takes: name, shape (``None`` = any batch), dtype, layout, meaning."""
     size = input_size if variant == "face" else crop_size
-    what = (f"an aligned face: the {input_size}x{input_size} five-point similarity warp of "
-            "docs (the ArcFace template), RGB 0..255") if variant == "face" else (
+    what = (f"an aligned face: the {input_size}x{input_size} five-point similarity warp onto "
+            "the ArcFace template (as the service aligns), RGB 0..255") if variant == "face" else (
             f"a square face crop of {crop_size}x{crop_size} (a detector's box, no landmarks), "
             f"RGB 0..255, resized bilinearly to {input_size}x{input_size} inside the model")
     return {"name": "image", "shape": [None, size, size, 3], "dtype": "uint8", "layout": "NHWC",
