@@ -26,6 +26,13 @@ Usage::
 
     python bench/match.py                       # n = 1,000,000, m = 512, q = 8 and 16
     python bench/match.py --n 100000 --q 16 --queries 50
+    python bench/match.py --q 8 --batches 1 16 256    # + batched queries: search_many throughput
+
+``--batches B ...`` also times :meth:`~iom.service.search.PackedGallery.search_many` on batches
+of B probes (one pass over the gallery a batch: each chunk is compared with every probe while
+it is in cache), ``--batch_rounds`` batches each after one warm-up batch, and reports queries a
+second; the first batch's answers must equal B single searches (asserted). Its figures go in
+the JSON record under ``"batches"``.
 """
 
 import argparse
@@ -63,6 +70,34 @@ def time_queries(fn, probes: np.ndarray, warmup: int = 2) -> tuple[list[float], 
     return times, results
 
 
+def noisy_probes(gallery: np.ndarray, q: int, count: int, noise: float, rng) -> np.ndarray:
+    """``count`` probes, each an enrolled code with ``noise`` of its symbols redrawn."""
+    probes = gallery[rng.integers(0, len(gallery), size=count)].copy()
+    redraw = rng.random(probes.shape) < noise
+    probes[redraw] = rng.integers(0, q, size=int(redraw.sum()), dtype=np.uint8)
+    return probes
+
+
+def time_batches(packed_gallery, gallery: np.ndarray, q: int, size: int, args, rng) -> dict:
+    """Queries a second of ``search_many`` on batches of ``size`` probes (one warm-up batch,
+    then ``args.batch_rounds`` timed); the first batch is checked against single searches."""
+    first = noisy_probes(gallery, q, size, args.noise, rng)
+    found = packed_gallery.search_many(first, args.top_k)
+    assert found == [packed_gallery.search(p, args.top_k) for p in first], (q, size)
+    seconds = []
+    for _ in range(args.batch_rounds):
+        probes = noisy_probes(gallery, q, size, args.noise, rng)
+        start = time.perf_counter()
+        packed_gallery.search_many(probes, args.top_k)
+        seconds.append(time.perf_counter() - start)
+    mean = float(np.mean(seconds))
+    out = {"q": q, "batch": size, "ms_per_batch": round(1e3 * mean, 1),
+           "ms_per_query": round(1e3 * mean / size, 2), "queries_per_s": round(size / mean, 1)}
+    print(f"q={q:3d} search_many batch {size:4d}: {out['ms_per_batch']:9.1f} ms a batch, "
+          f"{out['ms_per_query']:7.2f} ms a query, {out['queries_per_s']:8.1f} queries/s", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="enrolled templates")
@@ -74,6 +109,9 @@ def main() -> None:
     parser.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK)
     parser.add_argument("--workers", type=int, default=None, help="threads (default os.cpu_count())")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batches", type=int, nargs="*", default=[],
+                        help="also time search_many on batches of these sizes (e.g. 1 16 256)")
+    parser.add_argument("--batch_rounds", type=int, default=3, help="timed batches per size")
     args = parser.parse_args()
 
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
@@ -82,7 +120,7 @@ def main() -> None:
     print(f"gallery: n={args.n:,} m={args.m} top_k={args.top_k} queries={args.queries} "
           f"(+2 warm-up)", flush=True)
     rng = np.random.default_rng(args.seed)
-    results, speedup = [], {}
+    results, speedup, batches = [], {}, []
     for q in args.q:
         gallery = rng.integers(0, q, size=(args.n, args.m), dtype=np.uint8)
         rows = rng.integers(0, args.n, size=args.queries)
@@ -112,6 +150,8 @@ def main() -> None:
                             "ms_min": round(float(np.min(ms)), 2), "gallery_mb": round(mb, 1)})
             print(f"q={q:3d} {method:6s}: {np.mean(ms):8.2f} ms/query (median {np.median(ms):.2f}, "
                   f"min {np.min(ms):.2f}) gallery {mb:7.1f} MB", flush=True)
+        for size in args.batches:
+            batches.append(time_batches(packed_gallery, gallery, q, size, args, rng))
         speedup[str(q)] = round(float(np.mean(ms_numpy) / np.mean(ms_packed)), 1)
         print(f"q={q:3d} speed-up packed/numpy: {speedup[str(q)]}x; packed code "
               f"{packed_nbytes(args.m, q)} B vs {args.m} B; pack + enrol {build_s:.1f} s", flush=True)
@@ -121,7 +161,7 @@ def main() -> None:
     print(f"load average after: {loadavg_after}", flush=True)
     print(json.dumps({
         "n": args.n, "m": args.m, "top_k": args.top_k, "queries": args.queries,
-        "results": results, "speedup": speedup,
+        "results": results, "speedup": speedup, "batches": batches,
         "chunk_size": args.chunk_size,
         "workers": args.workers or os.cpu_count(),
         "cpu_count": os.cpu_count(), "cpu": cpu_model(), "numpy": np.__version__,
