@@ -160,3 +160,19 @@ def test_prometheus_text_counts_and_histograms():
     assert buckets == {**{b: (1 if b < 0.3 else 2) for b in BUCKETS}, float("inf"): 3}   # cumulative
     assert 'iomface_rate_limited_total{route="/v1/identify"} 1' in lines and "iomface_subjects 3" in lines
     assert any(line.startswith('iomface_request_seconds_sum{route="/v1/identify"} 20.304') for line in lines)
+
+
+def test_bad_serve_options_fail_before_anything_loads(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IOMFACE_APP_SECRET": "a-long-enough-secret-123"}
+    db = tmp_path / "t.db"
+    for options, message in ((["--port", "99999"], "--port must be in 0..65535"),
+                             (["--tls_cert", "c.pem"], "give --tls_cert and --tls_key together"),
+                             (["--tls_cert", "c.pem", "--tls_key", "k.pem"], "--tls_cert c.pem: no such file")):
+        done = subprocess.run([sys.executable, "-m", "iom.service.cli", "serve", "--db", str(db),
+                               "--keys_file", str(tmp_path / "keys.json"), *options],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not db.exists()                       # nothing written

@@ -62,7 +62,7 @@ class ServerState:
     service: object
     keys: KeyRing
     limits: UploadLimits
-    aligner: PhotoAligner | None
+    aligner: PhotoAligner
     admin_secret: bytes
     admin_scores: bool = False
     metrics: Metrics | None = None
@@ -109,17 +109,14 @@ def _state(request: Request) -> ServerState:
 
 
 def _photos(state: ServerState, uploads: list[UploadFile], aligned: bool) -> list:
+    """The uploads read within the caps, then aligned (unless ``aligned``)."""
     from iom.service.errors import InvalidInputError
 
-    if not uploads:
-        raise InvalidInputError("no photo given")
     if len(uploads) > state.limits.max_photos:
         raise InvalidInputError(f"{len(uploads)} photos: at most {state.limits.max_photos} per request")
     data = [read_photo(u, state.limits, f"photo {i + 1}" if len(uploads) > 1 else "photo")
             for i, u in enumerate(uploads)]
-    if not aligned and state.aligner is None:
-        raise InvalidInputError("this server takes aligned crops only (aligned=true)")
-    return state.aligner(data, aligned) if state.aligner is not None else data
+    return state.aligner(data, aligned)
 
 
 def _sample(state: ServerState, uploads: list[UploadFile] | None, aligned: bool, code: str | None) -> dict:

@@ -42,19 +42,6 @@ def key_command(args) -> tuple[object, int]:
     return api_keys.list_keys(path), 0
 
 
-def _check_serve_options(args) -> None:
-    from iom.service.errors import InvalidInputError
-
-    if not 0 <= args.port <= 65535:
-        raise InvalidInputError(f"--port must be in 0..65535, got {args.port}")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise InvalidInputError("give --tls_cert and --tls_key together")
-    for option in ("tls_cert", "tls_key"):
-        path = getattr(args, option)
-        if path is not None and not os.path.isfile(path):
-            raise InvalidInputError(f"--{option} {path}: no such file")
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -117,7 +104,6 @@ def serve(args, request) -> int:
     from iom.server.logs import setup_logging
     from iom.service.stores import scrub_dsn
 
-    _check_serve_options(args)
     setup_logging(args.log_level, _python_only_stderr() if args.log_level != "debug" else None)
     app = build_app(args, request)
     service = app.state.server.service

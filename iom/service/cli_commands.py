@@ -240,11 +240,11 @@ def _store_command(args, request) -> tuple[object, int]:
     with _StoreGuard(request.location, witness) as store:
         cmd = args.command
         if cmd in MODEL_FREE_COMMANDS:
+            from iom.service.service import TemplateService
+
             store.authenticate(row_key(request.secret), witness)
             if cmd == "list":
-                from iom.service.service import TemplateService
                 return TemplateService.subject_rows(store, args.all), EXIT_OK
-            from iom.service.service import TemplateService
             return TemplateService.describe(store, args.subject), EXIT_OK
         if cmd in ("revoke", "reissue"):
             store.authenticate(row_key(request.secret), witness)

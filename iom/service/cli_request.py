@@ -36,6 +36,15 @@ def _check_options(args) -> None:
         raise InvalidInputError(f"--far must be a FAR in (0, 1), got {args.far!r}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise InvalidInputError(f"--threshold must be a similarity in [0, 1], got {args.threshold!r}")
+    if args.command == "serve":
+        if not 0 <= args.port <= 65535:
+            raise InvalidInputError(f"--port must be in 0..65535, got {args.port}")
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise InvalidInputError("give --tls_cert and --tls_key together")
+        for option in ("tls_cert", "tls_key"):
+            path = getattr(args, option)
+            if path is not None and not os.path.isfile(path):
+                raise InvalidInputError(f"--{option} {path}: no such file")
     if args.command == "identify" and args.top_k < 1:
         raise InvalidInputError(f"--top_k must be at least 1, got {args.top_k}")
     if args.command == "enroll":
