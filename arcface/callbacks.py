@@ -93,8 +93,11 @@ class CheckpointCallback(StepCounter):
 
     def on_epoch_end(self, epoch, logs=None):
         step = (epoch + 1) * self.steps_per_chunk
+        from arcface.distribution import host_local
+
         model = self.model  # on JAX this syncs the training state into the variables
-        self.manager.save(step, model, self.backbone, model.optimizer, extra=self.extra)
+        with host_local():
+            self.manager.save(step, model, self.backbone, model.optimizer, extra=self.extra)
 
 
 class VerificationCallback(StepCounter):

@@ -118,6 +118,12 @@ STAGE1_FIELDS: dict[str, Field] = {
     "mixed_precision": Field((bool, str), False,
                              "false, true (= mixed_bfloat16), 'mixed_bfloat16' or 'mixed_float16'"),
     "seed": Field((int,), 0, "seed of shuffling, augmentation and initialisation", check=non_negative),
+    "distribution": Field((str,), "auto",
+                          "devices a training step runs on: 'none' (one), 'data_parallel' (the global "
+                          "batch split over num_devices), 'auto' (data_parallel when there are several)",
+                          choices=("auto", "none", "data_parallel")),
+    "num_devices": Field((int, type(None)), None, "devices of data_parallel (default: all the backend sees)",
+                         check=positive),
     "workers": Field((int,), 0, "decoder threads (0 = one per CPU core)", check=non_negative),
     "random_flip": Field((bool,), True, "random horizontal flip"),
     "random_brightness": Field((int, float), 0.0, "max brightness change, fraction of range (0 = off)",

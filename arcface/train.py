@@ -125,17 +125,13 @@ def freeze_batch_norm(model) -> int:
     """Set every BatchNormalization layer inside ``model`` (nested ones too) to
     ``trainable = False``: Keras 3 then runs it in inference mode, so its moving statistics,
     gamma and beta stay as loaded. Returns how many layers were frozen."""
-    seen, stack, frozen = set(), [model], 0
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
+    from arcface.backbones.common import iter_layers
+
+    frozen = 0
+    for layer in iter_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
             frozen += 1
-        stack.extend(getattr(layer, "layers", None) or [])
-        stack.extend(getattr(layer, "_layers", None) or [])  # sub-layers of custom layers
     return frozen
 
 
@@ -179,12 +175,15 @@ class TrainingSetup:
 
 
 def prepare_training(cfg, num_classes: int, total_steps: int, checkpoint_root: str = "checkpoints",
-                     mode: str = "fit") -> TrainingSetup:
+                     mode: str = "fit", plan=None) -> TrainingSetup:
     """Seed, build and compile the training model, then resume the latest checkpoint of
     ``<checkpoint_root>/<sub_name>`` or, when there is none, load ``pretrained`` into the
     backbone (the head stays freshly initialised). Writes nothing. Call it under the
-    config's dtype policy, as :func:`train` does."""
+    config's dtype policy and inside the :func:`~arcface.distribution.distribution_scope`
+    of ``plan`` (a :class:`~arcface.distribution.DistributionPlan`; default one device),
+    as :func:`train` does."""
     from arcface.checkpoint import CheckpointManager
+    from arcface.distribution import synchronize_batch_norm
     from arcface.heads import loss_from_config
 
     keras.utils.set_random_seed(cfg["seed"])
@@ -192,6 +191,8 @@ def prepare_training(cfg, num_classes: int, total_steps: int, checkpoint_root: s
     if cfg["freeze_bn"]:
         frozen = freeze_batch_norm(backbone)
         print(f"[train] freeze_bn: {frozen} BatchNormalization layers run in inference mode")
+    if plan is not None:
+        synchronize_batch_norm(model, plan)
     schedule = build_lr_schedule(cfg, total_steps)
     model.compile(optimizer=build_optimizer(cfg, schedule), loss=loss_from_config(cfg),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -222,12 +223,11 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
     """Train (or resume) the run described by ``cfg``; return a summary dict.
 
     ``mode="eager_tf"`` runs eagerly for debugging. ``stop_after_chunks`` ends the call
-    early (after that many checkpoints), as an interruption would.
+    early (after that many checkpoints), as an interruption would. The config's
+    ``distribution`` / ``num_devices`` choose the devices (:mod:`arcface.distribution`).
     """
-    from arcface.callbacks import (CheckpointCallback, ScalarLog, TrainLogCallback,
-                                   VerificationCallback)
-    from arcface.data.loader import make_train_loader, open_image_source
-    from arcface.embed import Embedder
+    from arcface.data.loader import open_image_source
+    from arcface.distribution import distribution_scope, initialize_hosts, plan_distribution
     from arcface.verification import load_verification_sets
 
     if mode not in ("fit", "eager_tf"):
@@ -237,31 +237,59 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
     source = open_image_source(cfg["train_dataset"])
     plan = make_plan(cfg, source)
     pair_sets = load_verification_sets(cfg["test_dataset"])
+    initialize_hosts()
+    devices = plan_distribution(cfg)
+    print(f"[train] {devices.describe()}")
+    if devices.process_count > 1 and pair_sets:
+        print(f"[train] verification during training is off on a multi-host run "
+              f"({devices.process_count} hosts): evaluate the checkpoints with scripts/evaluate.py")
+        pair_sets = {}
 
     prior_policy = keras.config.dtype_policy()
     keras.mixed_precision.set_global_policy(cfg["mixed_precision"])
     try:
-        setup = prepare_training(cfg, plan.num_classes, plan.total_steps, checkpoint_root, mode)
-        model, backbone, schedule, manager = setup.model, setup.backbone, setup.schedule, setup.manager
-        start_step, best = setup.start_step, setup.best_accuracy
-        if start_step % plan.steps_per_chunk:
-            raise ConfigError(f"{cfg.source}: checkpoint step {start_step} is not a multiple of "
-                              f"'save_steps' ({plan.steps_per_chunk}); keep save_steps when resuming")
-        initial_chunk = start_step // plan.steps_per_chunk
-        last_chunk = plan.num_chunks if stop_after_chunks is None else \
-            min(plan.num_chunks, initial_chunk + stop_after_chunks)
-        summary = {"start_step": start_step, "total_steps": plan.total_steps,
-                   "steps_per_epoch": plan.steps_per_epoch, "num_classes": plan.num_classes,
-                   "num_samples": plan.num_samples, "pretrained": setup.pretrained}
-        if initial_chunk >= last_chunk:
-            print(f"[train] nothing to do: step {start_step} of {plan.total_steps}")
-            summary["end_step"] = start_step
-            return summary
+        with distribution_scope(devices):
+            return _train_on(cfg, plan, devices, source, pair_sets, mode, checkpoint_root, log_root,
+                             stop_after_chunks, verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(prior_policy)
 
-        loader = make_train_loader(source, cfg["batch_size"], cfg["seed"], start_step=start_step,
-                                   stop_step=last_chunk * plan.steps_per_chunk,
-                                   input_size=cfg["input_size"], workers=cfg["workers"],
-                                   center_crop=cfg["is_ccrop"])
+
+def _train_on(cfg, plan: TrainPlan, devices, source, pair_sets, mode, checkpoint_root, log_root,
+              stop_after_chunks, verbose) -> dict:
+    """:func:`train` inside its dtype policy and distribution scope."""
+    from arcface.callbacks import (CheckpointCallback, ScalarLog, TrainLogCallback,
+                                   VerificationCallback)
+    from arcface.data.loader import make_train_loader
+    from arcface.distribution import process_slice, variable_devices
+    from arcface.embed import Embedder
+
+    setup = prepare_training(cfg, plan.num_classes, plan.total_steps, checkpoint_root, mode, devices)
+    model, backbone, schedule, manager = setup.model, setup.backbone, setup.schedule, setup.manager
+    start_step, best = setup.start_step, setup.best_accuracy
+    if start_step % plan.steps_per_chunk:
+        raise ConfigError(f"{cfg.source}: checkpoint step {start_step} is not a multiple of "
+                          f"'save_steps' ({plan.steps_per_chunk}); keep save_steps when resuming")
+    initial_chunk = start_step // plan.steps_per_chunk
+    last_chunk = plan.num_chunks if stop_after_chunks is None else \
+        min(plan.num_chunks, initial_chunk + stop_after_chunks)
+    summary = {"start_step": start_step, "total_steps": plan.total_steps,
+               "steps_per_epoch": plan.steps_per_epoch, "num_classes": plan.num_classes,
+               "num_samples": plan.num_samples, "pretrained": setup.pretrained,
+               "devices": devices.replicas}
+    if initial_chunk >= last_chunk:
+        print(f"[train] nothing to do: step {start_step} of {plan.total_steps}")
+        summary["end_step"] = start_step
+        return summary
+
+    loader = make_train_loader(source, cfg["batch_size"], cfg["seed"], start_step=start_step,
+                               stop_step=last_chunk * plan.steps_per_chunk,
+                               input_size=cfg["input_size"], workers=cfg["workers"],
+                               center_crop=cfg["is_ccrop"],
+                               rows=process_slice(cfg["batch_size"], devices))
+    verification = None
+    callbacks = []
+    if devices.is_chief:  # on a multi-host run, process 0 alone writes logs and checkpoints
         log = ScalarLog(os.path.join(log_root, cfg["sub_name"]))
         embedder = Embedder(backbone, cfg["eval_batch_size"], cfg["input_size"], flip=cfg["flip_test"],
                             center_crop=cfg["is_ccrop"], workers=cfg["workers"])
@@ -277,14 +305,13 @@ def train(cfg, mode: str = "fit", checkpoint_root: str = "checkpoints", log_root
         if log.has_tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(log_root, cfg["sub_name"]),
                                                          update_freq=min(100, cfg["save_steps"])))
-        if not hasattr(loader, "element_spec"):  # Keras takes Python iterators, not iterables
-            loader = iter(loader)
-        history = model.fit(loader, epochs=last_chunk, shuffle=False, initial_epoch=initial_chunk,
-                            steps_per_epoch=plan.steps_per_chunk, callbacks=callbacks, verbose=verbose)
-        summary["end_step"] = last_chunk * plan.steps_per_chunk
-        summary["loss"] = [float(v) for v in history.history.get("loss", [])]
-        summary["verification"] = verification.history
-        summary["checkpoint"] = manager.latest()
-        return summary
-    finally:
-        keras.mixed_precision.set_global_policy(prior_policy)
+    if not hasattr(loader, "element_spec"):  # Keras takes Python iterators, not iterables
+        loader = iter(loader)
+    history = model.fit(loader, epochs=last_chunk, shuffle=False, initial_epoch=initial_chunk,
+                        steps_per_epoch=plan.steps_per_chunk, callbacks=callbacks, verbose=verbose)
+    summary["weight_devices"] = variable_devices(model.trainable_variables[0])
+    summary["end_step"] = last_chunk * plan.steps_per_chunk
+    summary["loss"] = [float(v) for v in history.history.get("loss", [])]
+    summary["verification"] = verification.history if verification else {}
+    summary["checkpoint"] = manager.latest()
+    return summary

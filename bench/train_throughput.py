@@ -190,14 +190,17 @@ def make_config(args):
         "optimizer": "sgd", "momentum": 0.9, "base_lr": 0.1, "w_decay": 5e-4,
         "lr_schedule": "cosine", "warmup_steps": 0,
         "mixed_precision": args.precision, "seed": args.seed, "workers": args.workers,
+        "distribution": args.distribution, "num_devices": args.num_devices,
     }
     return finalize_stage1(validate_config(raw, source="bench/train_throughput.py"))
 
 
-def build_compiled_model(cfg, num_classes: int, total_steps: int, steps_per_execution: int):
-    """The training model, loss and optimizer exactly as ``arcface.train.train`` builds them."""
+def build_compiled_model(cfg, num_classes: int, total_steps: int, steps_per_execution: int, plan=None):
+    """The training model, loss and optimizer exactly as ``arcface.train.train`` builds them
+    (call it inside the :func:`~arcface.distribution.distribution_scope` of ``plan``)."""
     import keras
 
+    from arcface.distribution import synchronize_batch_norm
     from arcface.heads import loss_from_config
     from arcface.train import build_lr_schedule, build_models, build_optimizer
 
@@ -207,6 +210,8 @@ def build_compiled_model(cfg, num_classes: int, total_steps: int, steps_per_exec
     else:  # keras.utils.set_random_seed imports TensorFlow (to seed it) whenever it is installed
         np.random.seed(cfg["seed"])
     model, backbone = build_models(cfg, num_classes)
+    if plan is not None:
+        synchronize_batch_norm(model, plan)
     model.compile(optimizer=build_optimizer(cfg, build_lr_schedule(cfg, total_steps)),
                   loss=loss_from_config(cfg),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -323,6 +328,10 @@ def parse_args(argv=None):
     p.add_argument("--steps_per_execution", type=int, default=1,
                    help="Keras steps_per_execution (train() uses 1); must divide --warmup and --steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distribution", default="auto", choices=["auto", "none", "data_parallel"],
+                   help="the config key: auto = data parallel over all devices when there are several; "
+                        "--batch_size is then the global batch")
+    p.add_argument("--num_devices", type=int, default=None, help="devices of data_parallel (default all)")
     p.add_argument("--json", metavar="PATH", help="also write the JSON object to PATH")
     args = p.parse_args(argv)
     for name in ("num_classes", "batch_size", "steps", "warmup", "input_size", "embd_shape",
@@ -410,57 +419,66 @@ def main(argv=None) -> dict:
             cfg = make_config(args)
         except ConfigError as e:
             raise SystemExit(f"train_throughput.py: error: {e}") from None
+        from arcface.distribution import distribution_scope, plan_distribution
+
+        try:
+            plan = plan_distribution(cfg)
+        except ConfigError as e:
+            raise SystemExit(f"train_throughput.py: error: {e}") from None
+        result["distribution"], result["replicas"] = plan.kind, plan.replicas
+        log(f"training on {plan.describe()}")
         runs = (0 if args.no_synthetic else 1) + (0 if args.no_loader_train else 1)
         prior_policy = keras.config.dtype_policy()
         try:
-            t = time.perf_counter()
-            model, backbone = build_compiled_model(cfg, args.num_classes,
-                                                   runs * (args.warmup + args.steps),
-                                                   args.steps_per_execution)
-            result["build_seconds"] = round(time.perf_counter() - t, 2)
-            result["params_backbone"] = int(backbone.count_params())
-            result["params_total"] = int(model.count_params())
-            result["jit_compile"] = getattr(model, "jit_compile", None)
-            log(f"model {model.name}: {result['params_total']:,} parameters "
-                f"({result['params_backbone']:,} in the backbone), policy {cfg['mixed_precision']}, "
-                f"jit_compile={result['jit_compile']}")
+            with distribution_scope(plan):
+                t = time.perf_counter()
+                model, backbone = build_compiled_model(cfg, args.num_classes,
+                                                       runs * (args.warmup + args.steps),
+                                                       args.steps_per_execution, plan)
+                result["build_seconds"] = round(time.perf_counter() - t, 2)
+                result["params_backbone"] = int(backbone.count_params())
+                result["params_total"] = int(model.count_params())
+                result["jit_compile"] = getattr(model, "jit_compile", None)
+                log(f"model {model.name}: {result['params_total']:,} parameters "
+                    f"({result['params_backbone']:,} in the backbone), policy {cfg['mixed_precision']}, "
+                    f"jit_compile={result['jit_compile']}")
 
-            if not args.no_synthetic:
-                data = synthetic_batches(args.batch_size, args.input_size, args.num_classes, args.seed)
-                try:
-                    syn = timed_fit(model, data, args.batch_size, args.warmup, args.steps,
-                                    args.steps_per_execution)
-                finally:
-                    close_quietly(data)
-                result["synthetic"] = syn
-                result["synthetic_images_per_s"] = syn["images_per_s"]
-                log(f"(b) train on synthetic host batches: {rate(syn['images_per_s'])} images/s "
-                    f"(median step {syn['step_ms_median']:.1f} ms; warm-up {syn['warmup_seconds']:.1f} s; "
-                    f"loss {syn['loss_last']})")
+                if not args.no_synthetic:
+                    data = synthetic_batches(args.batch_size, args.input_size, args.num_classes, args.seed)
+                    try:
+                        syn = timed_fit(model, data, args.batch_size, args.warmup, args.steps,
+                                        args.steps_per_execution)
+                    finally:
+                        close_quietly(data)
+                    result["synthetic"] = syn
+                    result["synthetic_images_per_s"] = syn["images_per_s"]
+                    log(f"(b) train on synthetic host batches: {rate(syn['images_per_s'])} images/s "
+                        f"(median step {syn['step_ms_median']:.1f} ms; warm-up {syn['warmup_seconds']:.1f} s; "
+                        f"loss {syn['loss_last']})")
 
-            if not args.no_loader_train:
-                engine = args.engine
-                if engine == "auto" and backend == "jax":
-                    engine = "numpy"
-                loader = make_train_loader(source, args.batch_size, args.seed, start_step=0,
-                                           stop_step=None, input_size=args.input_size,
-                                           workers=workers, engine=engine)
-                used = "tf.data" if hasattr(loader, "element_spec") else type(loader).__name__
-                data = loader if hasattr(loader, "element_spec") else iter(loader)
-                try:
-                    fed = timed_fit(model, data, args.batch_size, args.warmup, args.steps,
-                                    args.steps_per_execution)
-                finally:
-                    close_quietly(data)
-                fed["engine"] = used
-                result["loader"] = fed
-                result["loader_engine"] = used
-                result["loader_images_per_s"] = fed["images_per_s"]
-                if "synthetic_images_per_s" in result:
-                    result["loader_vs_synthetic"] = round(fed["images_per_s"] / result["synthetic_images_per_s"], 3)
-                log(f"(c) train fed by the loader ({used}, {workers} workers): "
-                    f"{rate(fed['images_per_s'])} images/s (median step {fed['step_ms_median']:.1f} ms; "
-                    f"loss {fed['loss_last']})")
+                if not args.no_loader_train:
+                    engine = args.engine
+                    if engine == "auto" and backend == "jax":
+                        engine = "numpy"
+                    loader = make_train_loader(source, args.batch_size, args.seed, start_step=0,
+                                               stop_step=None, input_size=args.input_size,
+                                               workers=workers, engine=engine)
+                    used = "tf.data" if hasattr(loader, "element_spec") else type(loader).__name__
+                    data = loader if hasattr(loader, "element_spec") else iter(loader)
+                    try:
+                        fed = timed_fit(model, data, args.batch_size, args.warmup, args.steps,
+                                        args.steps_per_execution)
+                    finally:
+                        close_quietly(data)
+                    fed["engine"] = used
+                    result["loader"] = fed
+                    result["loader_engine"] = used
+                    result["loader_images_per_s"] = fed["images_per_s"]
+                    if "synthetic_images_per_s" in result:
+                        result["loader_vs_synthetic"] = round(fed["images_per_s"] / result["synthetic_images_per_s"], 3)
+                    log(f"(c) train fed by the loader ({used}, {workers} workers): "
+                        f"{rate(fed['images_per_s'])} images/s (median step {fed['step_ms_median']:.1f} ms; "
+                        f"loss {fed['loss_last']})")
         finally:
             keras.mixed_precision.set_global_policy(prior_policy)
 

@@ -37,31 +37,53 @@ def write_identity_folder(root: Path, n_classes: int = 6, per_class: int = 8, si
     return root
 
 
+def write_pairs_set(identity_folder: Path, root: Path) -> Path:
+    """An LFW-style pairs folder over the first 6 identities of :func:`write_identity_folder`:
+    2 folds x (3 same + 3 different pairs), images named ``<name>/<name>_<idx:04d>.jpg``."""
+    from arcface.data.pairs import LfwPair, write_lfw_pairs
+
+    pairs = []
+    for fold in range(2):
+        pairs += [LfwPair(f"id_{c:03d}", 1 + fold, f"id_{c:03d}", 3 + fold) for c in range(3)]
+        pairs += [LfwPair(f"id_{c:03d}", 1 + fold, f"id_{c + 3:03d}", 1 + fold) for c in range(3)]
+    for c in range(6):
+        name = f"id_{c:03d}"
+        (root / name).mkdir(parents=True)
+        for k in range(1, 5):
+            img = cv2.imread(str(identity_folder / name / f"{k:03d}.png"))
+            cv2.imwrite(str(root / name / f"{name}_{k:04d}.jpg"), img)
+    write_lfw_pairs(root / "pairs.txt", pairs, n_folds=2, n_per_fold=3)
+    return root
+
+
 @pytest.fixture
 def identity_folder(tmp_path):
     return write_identity_folder(tmp_path / "faces")
 
 
-@pytest.fixture
-def tiny_backbone():
-    """Registers 'TinyNet' (a 2-conv network) for the duration of a test."""
+def tiny_net(embd_shape=16, input_size=32, dropout=0.0, name=None):
+    """A 2-conv network with batch norm: the 'TinyNet' backbone of the training tests."""
     import keras
 
-    from arcface.backbones import register_backbone
     from arcface.backbones.common import PixelNormalization, image_input
+
+    inputs = image_input(input_size)
+    x = PixelNormalization()(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(16, 3, strides=2)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(embd_shape)(x)
+    return keras.Model(inputs, x, name=name or "TinyNet")
+
+
+@pytest.fixture
+def tiny_backbone():
+    """Registers 'TinyNet' (:func:`tiny_net`) for the duration of a test."""
+    from arcface.backbones import register_backbone
     from arcface.backbones.registry import unregister_backbone
 
-    @register_backbone("TinyNet")
-    def tiny(embd_shape=16, input_size=32, dropout=0.0, name=None):
-        inputs = image_input(input_size)
-        x = PixelNormalization()(inputs)
-        x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.Conv2D(16, 3, strides=2)(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        x = keras.layers.Dense(embd_shape)(x)
-        return keras.Model(inputs, x, name=name or "TinyNet")
-
+    register_backbone("TinyNet")(tiny_net)
     yield "TinyNet"
     unregister_backbone("TinyNet")

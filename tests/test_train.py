@@ -74,24 +74,9 @@ def test_loss_falls_and_logs_are_written(tmp_path, identity_folder, tiny_backbon
 
 
 def test_verification_callback_keeps_best(tmp_path, identity_folder, tiny_backbone):
-    from arcface.data.pairs import LfwPair, write_lfw_pairs
+    from tests.conftest import write_pairs_set
 
-    # a pairs folder over the synthetic identities: 2 folds x (3 same + 3 different)
-    pairs = []
-    for fold in range(2):
-        pairs += [LfwPair(f"id_{c:03d}", 1 + fold, f"id_{c:03d}", 3 + fold) for c in range(3)]
-        pairs += [LfwPair(f"id_{c:03d}", 1 + fold, f"id_{c + 3:03d}", 1 + fold) for c in range(3)]
-    # LFW naming: <name>/<name>_<idx:04d>.jpg
-    import cv2
-
-    pairs_dir = tmp_path / "pairs_set"
-    for c in range(6):
-        name = f"id_{c:03d}"
-        (pairs_dir / name).mkdir(parents=True)
-        for k in range(1, 5):
-            img = cv2.imread(str(identity_folder / name / f"{k:03d}.png"))
-            cv2.imwrite(str(pairs_dir / name / f"{name}_{k:04d}.jpg"), img)
-    write_lfw_pairs(pairs_dir / "pairs.txt", pairs, n_folds=2, n_per_fold=3)
+    pairs_dir = write_pairs_set(identity_folder, tmp_path / "pairs_set")
     cfg = tiny_cfg(identity_folder, max_steps=6, test_dataset=str(pairs_dir), eval_steps=3)
     out = train(cfg, checkpoint_root=str(tmp_path / "ck"), log_root=str(tmp_path / "logs"), verbose=0)
     steps = [h["step"] for h in out["verification"]]

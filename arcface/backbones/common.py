@@ -38,6 +38,7 @@ __all__ = [
     "prelu",
     "embedding_output_block",
     "count_reference_parameters",
+    "iter_layers",
 ]
 
 BN_EPSILON = 1e-5
@@ -231,7 +232,7 @@ def embedding_output_block(
     return x
 
 
-def _iter_layers(layer):
+def iter_layers(layer):
     """Yield ``layer`` and all nested sub-layers (depth first, deduplicated)."""
     seen = set()
     stack = [layer]
@@ -255,7 +256,7 @@ def count_reference_parameters(model) -> int:
     Only weight shapes are used; the model is never run.
     """
     buffers = set()
-    for layer in _iter_layers(model):
+    for layer in iter_layers(model):
         if isinstance(layer, layers.BatchNormalization):
             for attr in ("moving_mean", "moving_variance"):
                 var = getattr(layer, attr, None)

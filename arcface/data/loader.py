@@ -111,12 +111,13 @@ class NumpyBatchLoader:
     """Iterate ``(images, labels)`` for global steps ``[start_step, stop_step)``.
 
     ``workers`` threads each decode whole batches; up to ``prefetch`` batches are in
-    flight ahead of the consumer.
+    flight ahead of the consumer. ``rows`` (default: all) picks the part of every global
+    batch this process decodes: one host's slice on a multi-host run.
     """
 
     def __init__(self, source: ImageSource, schedule: BatchSchedule, start_step: int = 0,
                  stop_step: int | None = None, input_size: int = 112, workers: int = 0,
-                 prefetch: int | None = None, center_crop: bool = False):
+                 prefetch: int | None = None, center_crop: bool = False, rows: slice | None = None):
         self.source = source
         self.schedule = schedule
         self.start_step = int(start_step)
@@ -125,6 +126,7 @@ class NumpyBatchLoader:
         self.workers = workers or default_workers()
         self.prefetch = prefetch or max(2, 2 * self.workers)
         self.center_crop = center_crop
+        self.rows = slice(None) if rows is None else rows
         self.labels = np.asarray(source.labels, np.int32)
 
     def __len__(self) -> int:
@@ -134,7 +136,7 @@ class NumpyBatchLoader:
 
     def load_step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The batch of one global step, decoded in the calling thread."""
-        return self.load_indices(self.schedule.indices(step))
+        return self.load_indices(self.schedule.indices(step)[self.rows])
 
     def load_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decode the samples ``idx`` into one batch (safe to call from worker threads)."""
@@ -149,7 +151,7 @@ class NumpyBatchLoader:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="iomface-decode") as pool:
             while True:
                 while len(pending) < self.prefetch and (self.stop_step is None or next_step < self.stop_step):
-                    pending.append(pool.submit(self.load_indices, self.schedule.indices(next_step)))
+                    pending.append(pool.submit(self.load_indices, self.schedule.indices(next_step)[self.rows]))
                     next_step += 1
                 if not pending:
                     return
@@ -222,17 +224,21 @@ def make_tf_dataset(source: ImageSource, schedule: BatchSchedule, start_step: in
 
 def make_train_loader(source: ImageSource, batch_size: int, seed: int = 0, start_step: int = 0,
                       stop_step: int | None = None, input_size: int = 112, workers: int = 0,
-                      center_crop: bool = False, engine: str = "auto"):
+                      center_crop: bool = False, engine: str = "auto", rows: slice | None = None):
     """The loader ``fit`` takes on the current backend: ``tf.data`` under TensorFlow,
-    :class:`NumpyBatchLoader` otherwise (``engine`` = "auto", "tf" or "numpy")."""
+    :class:`NumpyBatchLoader` otherwise (``engine`` = "auto", "tf" or "numpy"). ``rows``:
+    the part of each global batch this process loads (a multi-host run's slice; NumPy
+    engine only)."""
     import keras
 
     schedule = BatchSchedule(len(source), batch_size, seed)
     if engine == "auto":
         engine = "tf" if keras.backend.backend() == "tensorflow" else "numpy"
     if engine == "tf":
+        if rows is not None and rows.indices(batch_size) != (0, batch_size, 1):
+            raise ConfigError("a multi-host slice of each batch needs the NumPy loader engine (JAX)")
         return make_tf_dataset(source, schedule, start_step, stop_step, input_size, center_crop)
     if engine == "numpy":
         return NumpyBatchLoader(source, schedule, start_step, stop_step, input_size, workers,
-                                center_crop=center_crop)
+                                center_crop=center_crop, rows=rows)
     raise ConfigError(f"unknown loader engine {engine!r}: use 'auto', 'tf' or 'numpy'")
