@@ -71,13 +71,16 @@ def build_app(args, request):
                            subject_verify_per_minute=args.subject_verify_per_minute,
                            max_failures=args.max_failures, failure_window_s=args.failure_window_s)
     calibration, _ = _operating_point(args, request)
+    gallery = getattr(request, "gallery", None)
+    if gallery is not None:
+        gallery.connect()                   # --cluster: joined (or started) before the model loads
     args.aligned = True                     # the service takes crops; the server aligns raw photos itself
     pipeline = _load_pipeline(args, request)
     store = open_store(request.location)
     admin_secret = secrets.token_bytes(32)
     service = TemplateService(pipeline, store, request.secret, calibration=calibration, policy=policy,
                               admin_secret=admin_secret, witness=witness_path(args.witness, request.location),
-                              far=args.far, threshold=args.threshold)
+                              far=args.far, threshold=args.threshold, gallery_spec=gallery)
     state = ServerState(service, keys, limits, PhotoAligner(pipeline.embedder.input_size), admin_secret,
                         admin_scores=args.admin_scores)
     return create_app(state)
@@ -113,7 +116,8 @@ def serve(args, request) -> int:
     log.info("serving", extra={"fields": {
         "host": args.host, "port": args.port, "model": service.pipeline.model_id,
         "store": scrub_dsn(request.location, request.location), "tls": args.tls_cert is not None,
-        "operating_point": service.operating_point.to_dict(), "admin_scores": args.admin_scores}})
+        "operating_point": service.operating_point.to_dict(), "admin_scores": args.admin_scores,
+        "gallery": service.gallery_spec.describe()}})
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
                 ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, server_header=False,
                 timeout_graceful_shutdown=10)

@@ -171,8 +171,10 @@ COMMAND_HELP = {
                 "iomface verify alice probe.jpg --token_file - --far 1e-4 <<< \"$ALICE_TOKEN\""]),
     "identify": ("Find the enrolled subjects matching a photo (1:N).",
                  "Candidates accepted at the 1:N threshold of the gallery's size (FPIR 1%), best first, at\n"
-                 "most --top_k. Exit 0 if there is a candidate, 1 if none.",
-                 ["iomface identify probe.jpg", "iomface identify probe.jpg --top_k 1 --json"]),
+                 "most --top_k. Exit 0 if there is a candidate, 1 if none. --cluster searches the gallery in\n"
+                 "--shards shards held by the workers of a Ray cluster (same answers).",
+                 ["iomface identify probe.jpg", "iomface identify probe.jpg --top_k 1 --json",
+                  "iomface identify probe.jpg --cluster local --shards 2"]),
     "revoke": ("Revoke every active template of a subject.",
                "Needs the current token with a fresh photo (--token_file F --proof PHOTO) or the\n"
                "administrator secret. After a revocation the subject is enrolled again with enroll.",
@@ -200,6 +202,7 @@ COMMAND_HELP = {
               "keys with --admin_scores. Logs are JSON lines on standard error, without tokens, keys or\n"
               "photos. Listens on 127.0.0.1 by default: put a TLS reverse proxy in front (README).",
               ["iomface serve --db templates.db --keys_file keys.json",
+               "iomface serve --keys_file keys.json --cluster 10.0.0.5:6379 --shards 8",
                "IOMFACE_APP_SECRET=... iomface serve --keys_file keys.json --port 8443 --tls_cert c.pem --tls_key k.pem"]),
     "add-key": ("Create an API key for the HTTP service (printed once; the file keeps its SHA-256).",
                 "The key file is JSON, created 0600. A running server picks the new key up without a restart.",
@@ -268,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("photo", metavar="PHOTO", nargs="?", help="the probe photo")
     p.add_argument("--top_k", type=int, default=5, help="at most this many candidates (default 5)")
     p.add_argument("--embeddings", default=None, help=".npz whose first row is the probe")
+    _gallery_options(p)
     p = command("revoke")
     p.add_argument("subject", metavar="SUBJECT", help="the subject id")
     proof(p)
@@ -290,6 +294,16 @@ def _parser() -> argparse.ArgumentParser:
                            help="admin: enrol, revoke, reissue, list; client: verify and identify")
         p.add_argument("--keys_file", default=None, help="the API key file (default $IOMFACE_KEYS_FILE)")
     return parser
+
+
+def _gallery_options(p: argparse.ArgumentParser) -> None:
+    from iom.service.galleries import DEFAULT_SHARDS
+
+    p.add_argument("--cluster", default=None, metavar="local|ADDRESS",
+                   help="search the identification gallery in shards on a Ray cluster: 'local' starts one on this "
+                        "machine, HOST:PORT (or 'auto') joins a running one (default: in this process)")
+    p.add_argument("--shards", type=int, default=None,
+                   help=f"shards of the gallery on the cluster, each in a worker's memory (default {DEFAULT_SHARDS})")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -322,6 +336,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    help=f"that window, seconds (default {d.failure_window_s:g})")
     p.add_argument("--log_level", default="info", choices=("debug", "info", "warning", "error"),
                    help="JSON log level (default info; debug also lets native libraries' own lines through)")
+    _gallery_options(p)
 
 
 def main(argv=None) -> int:

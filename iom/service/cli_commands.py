@@ -250,12 +250,18 @@ def _store_command(args, request) -> tuple[object, int]:
             store.authenticate(row_key(request.secret), witness)
             _check_subject_before_loading(store, args)
         calibration, _ = _operating_point(args, request)     # a bad --far fails before the model loads
+        gallery = getattr(request, "gallery", None)
+        if gallery is not None and gallery.sharded:          # so does a cluster that cannot be joined
+            start = time.perf_counter()
+            gallery.connect()
+            _say(args, f"Ray cluster {gallery.cluster} joined in {time.perf_counter() - start:.1f} s; "
+                       f"the gallery goes in {gallery.shard_count} shards")
         pipeline = _load_pipeline(args, request)
         from iom.service.service import TemplateService
 
         service = TemplateService(pipeline, store, request.secret, calibration=calibration,
                                   policy=ServicePolicy(allow_embeddings=args.allow_embeddings),
-                                  witness=witness, far=args.far, threshold=args.threshold)
+                                  witness=witness, far=args.far, threshold=args.threshold, gallery_spec=gallery)
         if cmd == "set-admin":
             service.set_admin_credential(request.new_admin, current_secret=request.admin)
             return {"admin_credential": "set"}, EXIT_OK

@@ -1,6 +1,8 @@
 """The inputs of one ``iomface`` command, read and checked before any model loads
 (:class:`Request`): option combinations, secrets, tokens, the store's location, photos, pair
-lists and enrolment folders. Nothing here imports Keras or opens a database."""
+lists, enrolment folders and where the identification gallery lives (``--cluster``: a cluster
+address that nothing answers at is refused here). Nothing here imports Keras or Ray or opens
+a database."""
 
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ def _check_options(args) -> None:
                 raise InvalidInputError(f"--{option} {path}: no such file")
     if args.command == "identify" and args.top_k < 1:
         raise InvalidInputError(f"--top_k must be at least 1, got {args.top_k}")
+    if args.command in ("identify", "serve"):
+        from iom.service.galleries import GallerySpec
+
+        args.gallery = GallerySpec(getattr(args, "cluster", None), getattr(args, "shards", None))  # parsed only
     if args.command == "enroll":
         if args.from_folder is not None:
             if args.subject is not None or args.photos or args.embeddings is not None:
@@ -158,6 +164,11 @@ class Request:
         if cmd == "set-admin":
             self.new_admin = read_secret_file(args.new_admin_secret_file, "--new_admin_secret_file")
         self._check_tokens()
+        self.gallery = getattr(args, "gallery", None)
+        if self.gallery is not None and self.gallery.sharded:
+            from iom.service.galleries import check_reachable
+
+            check_reachable(self.gallery.cluster)     # a socket connect: a head that is not there fails now
 
     @staticmethod
     def _check_new_file(path: str, option: str) -> None:

@@ -19,6 +19,9 @@ error                          raised when
                                file, schema from the future, a row or the event log that
                                fails authentication (tampered, replayed, rolled back),
                                lost connection
+:class:`ClusterError`          (a StoreError) the cluster holding a sharded
+                               identification gallery cannot be reached or joined, or
+                               a shard was lost
 :class:`PolicyError`           the policy refuses: raw embeddings not enabled, weak
                                token, missing or failed proof for revoke/reissue
 :class:`WeakTokenError`        (a PolicyError) a new token is weaker than the policy allows
@@ -64,6 +67,12 @@ class RevokedTemplateError(UnknownSubjectError):
 class StoreError(TemplateError, RuntimeError):
     """A database-level problem: unreadable or foreign file, schema newer than this code,
     corrupt row (checksum mismatch), failed connection."""
+
+
+class ClusterError(StoreError):
+    """The Ray cluster that holds a sharded identification gallery
+    (:mod:`iom.service.sharded_search`) cannot be started, reached or joined, or one of its
+    shards was lost; the message names the address. Nothing was written."""
 
 
 class PolicyError(TemplateError, PermissionError):

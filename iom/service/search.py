@@ -53,6 +53,36 @@ _EXECUTORS: dict[int, ThreadPoolExecutor] = {}
 _EXECUTORS_LOCK = threading.Lock()
 
 
+def checked_ids(ids, count: int) -> np.ndarray:
+    """``ids`` as ``int64``: a 1-D array of ``count`` distinct integers, else :class:`ValueError`."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) != count:
+        raise ValueError(f"need a 1-D array of {count} ids, got shape {ids.shape}")
+    if count and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if len(np.unique(ids)) != count:
+        raise ValueError("ids repeat within the batch")
+    return ids
+
+
+def checked_codes(codes, m: int) -> np.ndarray:
+    """``codes`` as an array of shape ``(k, m)``, else :class:`ValueError`."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != m:
+        raise ValueError(f"codes must have shape (k, {m}), got {codes.shape}")
+    return codes
+
+
+def checked_packed(packed, bits: int, words: int) -> np.ndarray:
+    """``packed`` as a ``(k, bits, words)`` ``uint64`` array, else :class:`ValueError`."""
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint64 or packed.ndim != 3 or packed.shape[1:] != (bits, words):
+        raise ValueError(f"packed codes must be uint64 of shape (k, {bits}, {words}), "
+                         f"got {packed.dtype} {packed.shape}")
+    return packed
+
+
 def _executor(workers: int) -> ThreadPoolExecutor:
     """A process-wide thread pool of ``workers`` threads (created once, shared)."""
     with _EXECUTORS_LOCK:
@@ -124,14 +154,7 @@ class PackedGallery:
 
     # ------------------------------------------------------------------ changes
     def _check_new_ids(self, ids, count: int) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or len(ids) != count:
-            raise ValueError(f"need a 1-D array of {count} ids, got shape {ids.shape}")
-        if count and not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64)
-        if len(np.unique(ids)) != count:
-            raise ValueError("ids repeat within the batch")
+        ids = checked_ids(ids, count)
         present = [int(i) for i in ids if int(i) in self._row_of]
         if present:
             raise ValueError(f"ids already enrolled: {present[:10]}")
@@ -150,18 +173,11 @@ class PackedGallery:
 
     def add(self, ids, codes) -> None:
         """Enrol templates: ``ids`` (k,) integers, new and distinct; ``codes`` (k, m) symbols."""
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != self.m:
-            raise ValueError(f"codes must have shape (k, {self.m}), got {codes.shape}")
-        self.add_packed(ids, pack_codes(codes, self.q))
+        self.add_packed(ids, pack_codes(checked_codes(codes, self.m), self.q))
 
     def add_packed(self, ids, packed) -> None:
         """Enrol already packed templates, ``(k, bits, words)`` ``uint64`` (e.g. from a store)."""
-        packed = np.asarray(packed)
-        shape = (self.bits, self.words)
-        if packed.dtype != np.uint64 or packed.ndim != 3 or packed.shape[1:] != shape:
-            raise ValueError(f"packed codes must be uint64 of shape (k, {shape[0]}, {shape[1]}), "
-                             f"got {packed.dtype} {packed.shape}")
+        packed = checked_packed(packed, self.bits, self.words)
         k = len(packed)
         ids = self._check_new_ids(ids, k)
         self._reserve(self._n + k)

@@ -33,8 +33,9 @@ import numpy as np
 
 from iom.hashing.keying import CodeKeying
 from iom.service.calibration import identification_threshold, load_calibration, select_operating_point
-from iom.service.errors import (InvalidInputError, PolicyError, RateLimitedError, TemplateError,
+from iom.service.errors import (ClusterError, InvalidInputError, PolicyError, RateLimitedError, TemplateError,
                                 UnknownSubjectError)
+from iom.service.galleries import GallerySpec
 from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_bytes, unpack_codes
 from iom.service.policy import ServicePolicy, check_token_strength
 from iom.service.rate import CallWindows
@@ -106,12 +107,16 @@ class TemplateService:
     request; without it the credential set with :meth:`set_admin_credential` (kept in the
     store as an authenticated HMAC verifier) is used; ``witness`` (optional) a file off the database's storage that
     records the head of the event log, so a rollback of the whole database is detected by
-    processes started after it too.
+    processes started after it too; ``gallery_spec`` (optional) where the identification gallery
+    lives: in this process (the default) or sharded over a Ray cluster
+    (:class:`~iom.service.galleries.GallerySpec`; enrolments and revocations reach the shard of
+    each template id).
     """
 
     def __init__(self, pipeline, store, app_secret, calibration=None, identification: bool = True,
                  policy: ServicePolicy | None = None, admin_secret=None, witness=None,
-                 far: float | None = None, threshold: float | None = None):
+                 far: float | None = None, threshold: float | None = None,
+                 gallery_spec: GallerySpec | None = None):
         self.pipeline, self.store = pipeline, store
         self.secret = _token_bytes(app_secret, "app_secret")
         self.policy = ServicePolicy() if policy is None else policy
@@ -128,12 +133,15 @@ class TemplateService:
         # the 1:N threshold is never below the 1:1 threshold in use
         self.calibration = {**calibration, "threshold": self.threshold}
         self.identification = identification
+        self.gallery_spec = GallerySpec() if gallery_spec is None else gallery_spec
+        if not isinstance(self.gallery_spec, GallerySpec):
+            raise InvalidInputError(f"gallery_spec must be a GallerySpec, got {type(self.gallery_spec).__name__}")
         self.key_version = key_version_for(self.policy.scrypt_n)
         self._gallery_key = gallery_key(self.secret)
         store.authenticate(row_key(self.secret), witness)
         self._admin = store.get_setting(ADMIN_SETTING) if admin_secret is None else \
             admin_verifier(self.secret, _token_bytes(admin_secret, "admin_secret"))
-        self._gallery = None                    # (log head, PackedGallery, {template id: subject})
+        self._gallery = None                    # (log head, gallery, {template id: subject})
         self._gallery_lock = threading.Lock()
         self._calls = CallWindows(60.0, MAX_TRACKED_CLIENTS)  # call times per (operation, client or subject)
         self._refusals = CallWindows(60.0, MAX_TRACKED_CLIENTS)  # refusals written to the store
@@ -275,7 +283,11 @@ class TemplateService:
         if not len(gallery):
             return []
         threshold = self.identification_threshold(len(gallery))
-        hits = gallery.search(self._gallery_code(sample)[0], top_k)
+        try:
+            hits = gallery.search(self._gallery_code(sample)[0], top_k)
+        except ClusterError:
+            self._drop_gallery(gallery)             # a lost shard: the next call rebuilds from the store
+            raise
         out = [Candidate(subjects[tid], rank, bool(sim >= threshold),
                          float(sim) if self.policy.expose_scores else None)
                for rank, (tid, sim) in enumerate(hits, 1)]
@@ -384,9 +396,16 @@ class TemplateService:
 
     def refresh(self) -> None:
         """Forget the identification gallery (rebuilt from the store on the next identify;
-        changes of other processes are picked up anyway from the event log)."""
+        changes of other processes are picked up anyway from the event log). A sharded
+        gallery's shards stop once no search uses them any more."""
         with self._gallery_lock:
             self._gallery = None
+
+    def _drop_gallery(self, gallery) -> None:
+        """Forget ``gallery`` if it is still the current one (it failed)."""
+        with self._gallery_lock:
+            if self._gallery is not None and self._gallery[1] is gallery:
+                self._gallery = None
 
     # ------------------------------------------------------------------ policy
     def _new_token(self, token, what: str) -> bytes:
@@ -479,14 +498,13 @@ class TemplateService:
                 {r.template_id: r.subject_id for r in keep})
 
     def _current_gallery(self):
-        """The gallery, brought up to date with the event log (other processes' changes included)."""
-        from iom.service.search import PackedGallery
-
+        """The gallery (in this process, or its shards on a cluster: :attr:`gallery_spec`),
+        brought up to date with the event log (other processes' changes included)."""
         with self._gallery_lock:
             if self._gallery is None:
                 head, records = self.store.identify_gallery(self.pipeline.model_id)
-                gallery = PackedGallery(self.m, self.q)
                 ids, codes, subjects = self._gallery_entries(records)
+                gallery = self.gallery_spec.make(self.m, self.q, capacity=len(ids))
                 if len(ids):
                     gallery.add(ids, codes)
                 self._gallery = (head, gallery, subjects)
@@ -494,14 +512,18 @@ class TemplateService:
                 seen, gallery, subjects = self._gallery
                 events = self.store.events_since(seen)
                 gone = {i for e in events for i in e.revoked_ids if i in subjects}
-                if gone:
-                    gallery.remove(np.asarray(sorted(gone), np.int64))
-                    for i in gone:
-                        subjects.pop(i)
                 new = [i for e in events for i in e.new_ids]
                 ids, codes, added = self._gallery_entries(self.store.templates(new) if new else [])
-                if len(ids):
-                    gallery.add(ids, codes)
-                    subjects.update(added)
+                try:                                # each id reaches its shard (sharded gallery)
+                    if gone:
+                        gallery.remove(np.asarray(sorted(gone), np.int64))
+                    if len(ids):
+                        gallery.add(ids, codes)
+                except ClusterError:
+                    self._gallery = None            # half applied: rebuilt from the store next time
+                    raise
+                for i in gone:
+                    subjects.pop(i)
+                subjects.update(added)
                 self._gallery = (events[-1].seq if events else head, gallery, subjects)
             return self._gallery[1], self._gallery[2]
