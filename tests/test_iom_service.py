@@ -101,6 +101,43 @@ def test_enroll_verify_identify_revoke_reissue(service):
     assert all("code" not in h and "salt" not in h for h in history)
 
 
+def test_a_gallery_update_waits_for_the_search_in_progress(service):
+    """Another thread's identify applies the event log (rows move, subjects go) only after a
+    search that reads the gallery has finished."""
+    import threading
+
+    x = people()
+    for i in range(3):
+        service.enroll(f"s{i}", embeddings=x[i, :2], user_token=f"token-{i}")
+    gallery, _ = service._current_gallery()
+    assert len(gallery) == 3
+    entered, release = threading.Event(), threading.Event()
+    real_search = gallery.search
+
+    def slow_search(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return real_search(*args, **kwargs)
+
+    gallery.search = slow_search
+    found, sizes = [], []
+    search = threading.Thread(target=lambda: found.append(service.identify(embedding=x[2, 2], top_k=3)))
+    search.start()
+    assert entered.wait(30)
+    service.revoke("s1", admin_secret=ADMIN)            # the store changes; the gallery is behind
+    service.enroll("s3", embeddings=x[3, :2], user_token="token-3")
+    update = threading.Thread(target=lambda: sizes.append(len(service._current_gallery()[0])))
+    update.start()
+    update.join(0.5)
+    assert update.is_alive() and len(gallery) == 3     # waiting for the search
+    release.set()
+    search.join(30)
+    update.join(30)
+    # the search saw the gallery as it was when it began: s0, s1, s2
+    assert found[0][0].subject_id == "s2" and {c.subject_id for c in found[0]} == {"s0", "s1", "s2"}
+    assert sizes == [3]                                  # s1 out, s3 in, after the search
+
+
 def test_old_and_reissued_templates_are_unrelated(service, hasher):
     from iom.service.packing import from_bytes, unpack_codes
 

@@ -279,18 +279,22 @@ class TemplateService:
         if not admitted:
             self.admit("identify", client)
         sample, _ = self._sample(None if probe is None else [probe], embedding, code)
-        gallery, subjects = self._current_gallery()
-        if not len(gallery):
-            return []
-        threshold = self.identification_threshold(len(gallery))
-        try:
-            hits = gallery.search(self._gallery_code(sample)[0], top_k)
-        except ClusterError:
-            self._drop_gallery(gallery)             # a lost shard: the next call rebuilds from the store
-            raise
-        out = [Candidate(subjects[tid], rank, bool(sim >= threshold),
-                         float(sim) if self.policy.expose_scores else None)
-               for rank, (tid, sim) in enumerate(hits, 1)]
+        probe_code = self._gallery_code(sample)[0]
+        # the search holds the gallery lock: no update (another thread's identify applying the
+        # event log) moves rows or drops subjects while it reads them
+        with self._gallery_lock:
+            gallery, subjects = self._updated_gallery()
+            if not len(gallery):
+                return []
+            threshold = self.identification_threshold(len(gallery))
+            try:
+                hits = gallery.search(probe_code, top_k)
+            except ClusterError:
+                self._gallery = None                # a lost shard: the next call rebuilds from the store
+                raise
+            out = [Candidate(subjects[tid], rank, bool(sim >= threshold),
+                             float(sim) if self.policy.expose_scores else None)
+                   for rank, (tid, sim) in enumerate(hits, 1)]
         return out if self.policy.expose_scores else [c for c in out if c.accepted]
 
     def identification_point(self) -> dict:
@@ -401,12 +405,6 @@ class TemplateService:
         with self._gallery_lock:
             self._gallery = None
 
-    def _drop_gallery(self, gallery) -> None:
-        """Forget ``gallery`` if it is still the current one (it failed)."""
-        with self._gallery_lock:
-            if self._gallery is not None and self._gallery[1] is gallery:
-                self._gallery = None
-
     # ------------------------------------------------------------------ policy
     def _new_token(self, token, what: str) -> bytes:
         token = _token_bytes(token, what)
@@ -501,29 +499,33 @@ class TemplateService:
         """The gallery (in this process, or its shards on a cluster: :attr:`gallery_spec`),
         brought up to date with the event log (other processes' changes included)."""
         with self._gallery_lock:
-            if self._gallery is None:
-                head, records = self.store.identify_gallery(self.pipeline.model_id)
-                ids, codes, subjects = self._gallery_entries(records)
-                gallery = self.gallery_spec.make(self.m, self.q, capacity=len(ids))
+            return self._updated_gallery()
+
+    def _updated_gallery(self):
+        """:meth:`_current_gallery` for a caller that holds ``_gallery_lock``."""
+        if self._gallery is None:
+            head, records = self.store.identify_gallery(self.pipeline.model_id)
+            ids, codes, subjects = self._gallery_entries(records)
+            gallery = self.gallery_spec.make(self.m, self.q, capacity=len(ids))
+            if len(ids):
+                gallery.add(ids, codes)
+            self._gallery = (head, gallery, subjects)
+        elif (head := self.store.head()) != self._gallery[0]:
+            seen, gallery, subjects = self._gallery
+            events = self.store.events_since(seen)
+            gone = {i for e in events for i in e.revoked_ids if i in subjects}
+            new = [i for e in events for i in e.new_ids]
+            ids, codes, added = self._gallery_entries(self.store.templates(new) if new else [])
+            try:                                # each id reaches its shard (sharded gallery)
+                if gone:
+                    gallery.remove(np.asarray(sorted(gone), np.int64))
                 if len(ids):
                     gallery.add(ids, codes)
-                self._gallery = (head, gallery, subjects)
-            elif (head := self.store.head()) != self._gallery[0]:
-                seen, gallery, subjects = self._gallery
-                events = self.store.events_since(seen)
-                gone = {i for e in events for i in e.revoked_ids if i in subjects}
-                new = [i for e in events for i in e.new_ids]
-                ids, codes, added = self._gallery_entries(self.store.templates(new) if new else [])
-                try:                                # each id reaches its shard (sharded gallery)
-                    if gone:
-                        gallery.remove(np.asarray(sorted(gone), np.int64))
-                    if len(ids):
-                        gallery.add(ids, codes)
-                except ClusterError:
-                    self._gallery = None            # half applied: rebuilt from the store next time
-                    raise
-                for i in gone:
-                    subjects.pop(i)
-                subjects.update(added)
-                self._gallery = (events[-1].seq if events else head, gallery, subjects)
-            return self._gallery[1], self._gallery[2]
+            except ClusterError:
+                self._gallery = None            # half applied: rebuilt from the store next time
+                raise
+            for i in gone:
+                subjects.pop(i)
+            subjects.update(added)
+            self._gallery = (events[-1].seq if events else head, gallery, subjects)
+        return self._gallery[1], self._gallery[2]
