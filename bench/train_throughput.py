@@ -286,6 +286,14 @@ def synthetic_batches(batch_size: int, input_size: int, num_classes: int, seed: 
         k += 1
 
 
+def fit_then_close(model, data, args) -> dict:
+    """:func:`timed_fit` on ``data`` with the command's sizes; ``data`` is closed afterwards."""
+    try:
+        return timed_fit(model, data, args.batch_size, args.warmup, args.steps, args.steps_per_execution)
+    finally:
+        close_quietly(data)
+
+
 def close_quietly(data) -> None:
     close = getattr(data, "close", None)
     if close is not None:
@@ -444,12 +452,8 @@ def main(argv=None) -> dict:
                     f"jit_compile={result['jit_compile']}")
 
                 if not args.no_synthetic:
-                    data = synthetic_batches(args.batch_size, args.input_size, args.num_classes, args.seed)
-                    try:
-                        syn = timed_fit(model, data, args.batch_size, args.warmup, args.steps,
-                                        args.steps_per_execution)
-                    finally:
-                        close_quietly(data)
+                    syn = fit_then_close(model, synthetic_batches(args.batch_size, args.input_size,
+                                                                  args.num_classes, args.seed), args)
                     result["synthetic"] = syn
                     result["synthetic_images_per_s"] = syn["images_per_s"]
                     log(f"(b) train on synthetic host batches: {rate(syn['images_per_s'])} images/s "
@@ -464,12 +468,7 @@ def main(argv=None) -> dict:
                                                stop_step=None, input_size=args.input_size,
                                                workers=workers, engine=engine)
                     used = "tf.data" if hasattr(loader, "element_spec") else type(loader).__name__
-                    data = loader if hasattr(loader, "element_spec") else iter(loader)
-                    try:
-                        fed = timed_fit(model, data, args.batch_size, args.warmup, args.steps,
-                                        args.steps_per_execution)
-                    finally:
-                        close_quietly(data)
+                    fed = fit_then_close(model, loader if hasattr(loader, "element_spec") else iter(loader), args)
                     fed["engine"] = used
                     result["loader"] = fed
                     result["loader_engine"] = used
