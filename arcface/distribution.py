@@ -169,14 +169,10 @@ def distribution_scope(plan: DistributionPlan) -> Iterator[None]:
         yield
         return
     if plan.backend == "jax":
-        prior = keras.distribution.distribution()
         # the loader already gives each host its slice of the batch (process_slice)
-        keras.distribution.set_distribution(keras.distribution.DataParallel(
-            devices=list(plan.devices), auto_shard_dataset=False))
-        try:
+        with _jax_distribution(keras.distribution.DataParallel(devices=list(plan.devices),
+                                                               auto_shard_dataset=False)):
             yield
-        finally:
-            keras.distribution.set_distribution(prior)
         return
     import tensorflow as tf
 
@@ -198,8 +194,15 @@ def host_local() -> Iterator[None]:
     if jax.process_count() == 1:
         yield
         return
+    with _jax_distribution(None):
+        yield
+
+
+@contextlib.contextmanager
+def _jax_distribution(distribution) -> Iterator[None]:
+    """Keras' global distribution set to ``distribution`` within the block, then put back."""
     prior = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
+    keras.distribution.set_distribution(distribution)
     try:
         yield
     finally:
