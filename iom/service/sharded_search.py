@@ -88,7 +88,8 @@ def connect(cluster: str = "local", *, num_cpus: int | None = None, object_store
     except ImportError as e:
         raise ClusterError(f"--cluster {cluster} needs Ray ({e}); install the pinned version: "
                            "pip install -r requirements.txt") from None
-    check_reachable(cluster)                  # a dead HOST:PORT: Ray itself would retry it for minutes
+    if cluster != _connected:                 # (not again for every gallery made on the cluster joined)
+        check_reachable(cluster)              # a dead HOST:PORT: Ray itself would retry it for minutes
     with _LOCK:
         if ray.is_initialized():
             if _connected is not None and _connected != cluster:
