@@ -18,6 +18,7 @@ class EmbeddingSet:
     embeddings: np.ndarray      # (n, d) float32
     labels: np.ndarray | None   # (n,) int64, or None
     class_names: np.ndarray | None
+    mirrored: np.ndarray | None = None   # (n,) bool: rows that embed a mirror image, or None
 
 
 def list_images(read_path: str | os.PathLike):
@@ -43,8 +44,10 @@ def list_images(read_path: str | os.PathLike):
     return files, [os.path.join(read_path, f) for f in files], None, None
 
 
-def save_embeddings(path: str | os.PathLike, names, embeddings, labels=None, class_names=None) -> None:
-    """Write an embeddings .npz atomically (temporary file, then rename)."""
+def save_embeddings(path: str | os.PathLike, names, embeddings, labels=None, class_names=None,
+                    mirrored=None) -> None:
+    """Write an embeddings .npz atomically (temporary file, then rename); ``mirrored`` (bool,
+    one per row) marks embeddings of mirror images (training data: kept out of validation)."""
     path = os.fspath(path)
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or len(names) != len(embeddings):
@@ -54,6 +57,8 @@ def save_embeddings(path: str | os.PathLike, names, embeddings, labels=None, cla
         arrays["labels"] = np.asarray(labels, np.int64)
     if class_names is not None:
         arrays["class_names"] = np.asarray(class_names, dtype=str)
+    if mirrored is not None:
+        arrays["mirrored"] = np.asarray(mirrored, bool)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
@@ -72,7 +77,8 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         files = sorted(data.files)
         # members are read lazily: pickled (object) arrays and corrupt members fail here
         try:
-            arrays = {k: data[k] for k in ("embeddings", "names", "labels", "class_names") if k in data}
+            arrays = {k: data[k] for k in ("embeddings", "names", "labels", "class_names", "mirrored")
+                      if k in data}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise DataFormatError(f"{path}: not a readable .npz file ({e})") from None
     if "embeddings" not in arrays:
@@ -92,4 +98,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     class_names = arrays.get("class_names")
     if len(names) != len(emb) or (labels is not None and len(labels) != len(emb)):
         raise DataFormatError(f"{path}: names/labels and embeddings differ in length")
-    return EmbeddingSet(names, emb, labels, class_names)
+    mirrored = arrays.get("mirrored")
+    if mirrored is not None and (mirrored.dtype != np.bool_ or mirrored.shape != (len(emb),)):
+        raise DataFormatError(f"{path}: 'mirrored' must be a boolean array with one entry per embedding")
+    return EmbeddingSet(names, emb, labels, class_names, mirrored)

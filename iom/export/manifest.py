@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import time
 from importlib import metadata
 
+from arcface.pretrained import sha256_file
+
 MANIFEST_VERSION = 1
-
-
-def sha256_file(path: str) -> str:
-    """SHA-256 (hex) of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_table(root: str) -> dict:
