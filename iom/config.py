@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from arcface.config import (REQUIRED, Config, Field, load_config, non_negative, positive,
-                            unit_interval)
+from arcface.config import (REQUIRED, Config, Field, non_negative, positive, unit_interval,
+                            validate_config)
 from arcface.errors import ConfigError
-from iom.hashing.layers import INPUT_NORMS, parse_hidden_layer_remark
+from iom.hashing.layers import INPUT_NORMS, PROJECTION_INITS, parse_hidden_layer_remark
 from iom.hashing.losses import BIN_LUT_KINDS, METRIC_LOSSES
 
 
@@ -25,6 +25,12 @@ def _weight(value) -> str | None:
 def _optional_str_or_list(value) -> str | None:
     if isinstance(value, list) and not all(isinstance(v, str) for v in value):
         return "must be a path or a list of paths"
+    return None
+
+
+def _validation_spec(value) -> str | None:
+    if isinstance(value, bool) or value < 0 or (isinstance(value, float) and value >= 1):
+        return "must be a count >= 0 or a fraction in (0, 1)"
     return None
 
 
@@ -60,8 +66,12 @@ STAGE2_FIELDS: dict[str, Field] = {
     "hidden_units": Field((int, type(None)), None, "hidden layer width (default embd_shape)", check=positive),
     "T": Field((int, float), 1.0, "softmax temperature of the head: softmax(z / T)", check=positive),
     "input_norm": Field((str,), "none", "input handling: 'none' (L2-normalised embeddings as given), "
-                        "'center' (minus the training mean, re-normalised) or 'whiten' (centred and "
-                        "shrinkage-whitened with training statistics)", choices=INPUT_NORMS),
+                        "'center' (minus the training mean, re-normalised), 'whiten' (centred and "
+                        "shrinkage-whitened with training statistics) or 'auto' (centred only when the "
+                        "features share a large common direction)", choices=INPUT_NORMS),
+    "projection_init": Field((str,), "gaussian", "initial IoM projection: 'gaussian' (N(0, 1), the "
+                             "parent's) or 'orthogonal' (each group's q columns orthonormal, groups tiling "
+                             "random rotations)", choices=PROJECTION_INITS),
     "key_mode": Field((str,), "code", "where a user key acts: 'code' (keyed relabelling of the "
                       "code, default) or 'embedding' (the parent's key permutation of the embedding)",
                       choices=("code", "embedding")),
@@ -99,6 +109,29 @@ STAGE2_FIELDS: dict[str, Field] = {
     "w_decay": Field((int, float), 0.0, "weight decay (adamw, sgd)", check=non_negative),
     "save_steps": Field((int,), 1000, "checkpoint and log interval in steps", check=positive),
     "seed": Field((int,), 0, "seed of sampling and initialisation", check=non_negative),
+    # the guard: learned head against random IoM on held-out training identities
+    "validation_identities": Field((int, float), 0.1, "training identities held out to check the learned "
+                                   "head against random IoM: a count, or a fraction in (0, 1); 0 turns the "
+                                   "guard off", check=_validation_spec),
+    "if_not_better": Field((str,), "random", "what ships when the learned head does not beat random IoM "
+                           "on the validation identities: 'random' (a random IoM projection, the safe "
+                           "default) or 'learned'", choices=("random", "learned")),
+    "guard_keys": Field((int,), 5, "random IoM keys the learned head is compared with", check=positive),
+    "collapse_check": Field((bool,), True, "watch for a collapsed head during training (loss flat, codes "
+                            "constant, one index dominant); stop and say why"),
+    # end to end (the backbone trained with the head, from images: iom/hashing/end_to_end.py)
+    "train_backbone": Field((str,), "none", "how much of the stage-1 backbone trains with the head: 'none' "
+                            "(the head alone on cached embeddings), 'last_blocks' (from trainable_from on) "
+                            "or 'all'", choices=("none", "last_blocks", "all")),
+    "trainable_from": Field((str, type(None)), None, "first trainable backbone layer for last_blocks "
+                            "(default: the backbone's last stage)"),
+    "warmup_steps": Field((int,), 3000, "head-only steps before the joint phase", check=positive),
+    "end_to_end_steps": Field((int,), 2000, "joint steps (backbone and head)", check=positive),
+    "backbone_lr_mult": Field((int, float), 0.1, "the backbone's learning rate as a multiple of base_lr",
+                              check=non_negative),
+    "freeze_bn": Field((bool,), True, "keep the backbone's batch norm in inference mode (not trained)"),
+    "teacher_loss": Field((int, float), 1.0, "weight of mean(1 - cos(embedding, frozen model's embedding))",
+                          check=non_negative),
     # test
     "test_dataset": Field((str, list, type(None)), None, "pairs folders or .bin files (verification)",
                           check=_optional_str_or_list),
@@ -141,6 +174,9 @@ def finalize_stage2(cfg: Config) -> Config:
         changes["eval_batch_size"] = cfg["batch_size"] or 128
     if cfg["identification_dataset"] is None and cfg["test_dataset_fs"]:
         changes["identification_dataset"] = cfg["test_dataset_fs"]
+    if cfg["train_backbone"] != "none" and cfg["train_embeddings"]:
+        raise ConfigError(f"{src}: train_backbone: {cfg['train_backbone']} trains from images: set "
+                          "'train_dataset', not 'train_embeddings'")
     if cfg["train_dataset"] and cfg["train_embeddings"]:
         raise ConfigError(f"{src}: set one of 'train_dataset' and 'train_embeddings', not both")
     if cfg["train_dataset"] and not cfg["stage1_model"]:
@@ -152,6 +188,20 @@ def finalize_stage2(cfg: Config) -> Config:
     return cfg.replace(**changes)
 
 
-def load_stage2_config(path: str | os.PathLike) -> Config:
-    """Load and validate a stage-2 YAML config."""
-    return load_config(path, STAGE2_FIELDS, finalize_stage2)
+def load_stage2_config(path: str | os.PathLike, overrides=()) -> Config:
+    """Load and validate a stage-2 YAML config; ``overrides`` (``"key=value"`` strings, the
+    value read as YAML) change keys before validation, so a bad one is named like a bad key."""
+    import yaml
+
+    from arcface.config import read_yaml
+
+    raw = read_yaml(path)
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        try:
+            raw[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+    return finalize_stage2(validate_config(raw, STAGE2_FIELDS, source=os.fspath(path)))

@@ -8,6 +8,7 @@ by the weights file, the image list and the embedding options.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 import json
 import os
 
@@ -43,11 +44,11 @@ def load_stage1(cfg):
 class FeatureExtractor:
     """Embeds image folders with the stage-1 model of a stage-2 config, with a disk cache."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, weights: str | None = None):
         from arcface.models import resolve_weights
 
         self.cfg = cfg
-        self.weights = resolve_weights(stage1_config(cfg), cfg["stage1_model"])
+        self.weights = weights or resolve_weights(stage1_config(cfg), cfg["stage1_model"])
         self._backbone = None
 
     def _fingerprint(self, items, mirror: bool) -> str:
@@ -71,7 +72,9 @@ class FeatureExtractor:
         if os.path.isfile(cache):
             return load_embeddings(cache)
         if self._backbone is None:
-            _, self._backbone = load_stage1(self.cfg)
+            from arcface.models import load_backbone
+
+            self._backbone = load_backbone(stage1_config(self.cfg), self.weights)
         from arcface.embed import Embedder
 
         embedder = Embedder(self._backbone, self.cfg["eval_batch_size"], self.cfg["input_size"],
@@ -138,29 +141,60 @@ class PrecomputedEmbeddings:
         return self.data
 
 
-def evaluation_source(cfg):
-    """Where evaluation embeddings come from: ``test_embeddings`` if set, else the stage-1 model."""
-    return PrecomputedEmbeddings(cfg["test_embeddings"]) if cfg["test_embeddings"] else FeatureExtractor(cfg)
+def hasher_backbone(hasher) -> str | None:
+    """The backbone weights a hasher was trained end to end with (``spec["stage1_weights"]``,
+    beside its files), or ``None`` when it uses the config's stage-1 model as it is."""
+    name = getattr(hasher, "spec", {}).get("stage1_weights")
+    if not name:
+        return None
+    folder = getattr(hasher, "folder", None)
+    if folder is None:
+        raise ConfigError("this hasher was trained end to end with its own backbone; load it with "
+                          "DeepIoMHasher.load(folder) so that the backbone is found")
+    return os.path.join(folder, name)
+
+
+def evaluation_source(cfg, hasher=None):
+    """Where evaluation embeddings come from: ``test_embeddings`` if set, else the stage-1 model
+    (the hasher's own backbone when it was trained end to end, :func:`hasher_backbone`)."""
+    if cfg["test_embeddings"]:
+        return PrecomputedEmbeddings(cfg["test_embeddings"])
+    return FeatureExtractor(cfg, hasher_backbone(hasher) if hasher is not None else None)
 
 
 #: stream of the seeded draw of held-out calibration identities (apart from training's streams)
 CALIBRATION_STREAM = 0xCA11B
 
 
-def _training_views(cfg, extractor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(embeddings, labels, mirrored)`` of the training data (every identity, before any is
-    held out); ``mirrored`` marks the rows of mirror images."""
+@dataclass
+class TrainingData:
+    """Rows of stage-2 training data: embeddings ``x`` (n, d), identity ``labels``, ``mirrored``
+    (rows that embed a mirror image) and, when the data came from image folders, the image
+    ``paths`` of the rows (else ``None``)."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    mirrored: np.ndarray
+    paths: np.ndarray | None = None
+
+    def take(self, rows) -> "TrainingData":
+        return TrainingData(self.x[rows], self.labels[rows], self.mirrored[rows],
+                            None if self.paths is None else self.paths[rows])
+
+
+def _training_views(cfg, extractor) -> TrainingData:
+    """The training data (every identity, before any is held out)."""
     if cfg["train_embeddings"]:
         data = load_embeddings(cfg["train_embeddings"])
         if data.labels is None:
             raise DataFormatError(f"{cfg['train_embeddings']}: training embeddings need 'labels'")
         x, y = unit_rows(data.embeddings, cfg["train_embeddings"]), np.asarray(data.labels, np.int64)
-        return x, y, np.zeros(len(x), bool)
+        return TrainingData(x, y, data.mirrored if data.mirrored is not None else np.zeros(len(x), bool))
     if not cfg["train_dataset"]:
         raise ConfigError(f"{cfg.source}: set 'train_dataset' or 'train_embeddings'")
     extractor = extractor or FeatureExtractor(cfg)
     folders = cfg["train_dataset"] if isinstance(cfg["train_dataset"], list) else [cfg["train_dataset"]]
-    xs, ys, ms, offset = [], [], [], 0
+    xs, ys, ms, ps, offset = [], [], [], [], 0
     for folder in folders:
         data = extractor.embed_folder(folder)
         if data.labels is None:
@@ -172,8 +206,9 @@ def _training_views(cfg, extractor) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             xs.append(view.embeddings)
             ys.append(np.asarray(view.labels, np.int64) + offset)
             ms.append(np.full(len(view.embeddings), mirrored))
+            ps.append(np.array([os.path.join(folder, str(n)) for n in view.names]))
         offset += int(np.max(data.labels)) + 1
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)
+    return TrainingData(np.concatenate(xs), np.concatenate(ys), np.concatenate(ms), np.concatenate(ps))
 
 
 def held_out_identities(labels: np.ndarray, n: int) -> np.ndarray:
@@ -187,11 +222,12 @@ def held_out_identities(labels: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(CALIBRATION_STREAM).choice(ids, n, replace=False))
 
 
-def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(embeddings, labels)`` to train the hashing head on: ``train_embeddings`` as given,
-    or ``train_dataset`` embedded by the stage-1 model (plus its mirror images when
-    ``flip_augment``), less the ``calibration_identities`` held out for calibration."""
-    x, y, _ = _training_views(cfg, extractor)
+def training_set(cfg, extractor: FeatureExtractor | None = None) -> TrainingData:
+    """The data to train the hashing head on: ``train_embeddings`` as given, or ``train_dataset``
+    embedded by the stage-1 model (plus its mirror images when ``flip_augment``), less the
+    ``calibration_identities`` held out for calibration."""
+    data = _training_views(cfg, extractor)
+    x, y = data.x, data.labels
     if cfg["embd_shape"] and x.shape[1] != cfg["embd_shape"]:
         raise ConfigError(f"{cfg.source}: embd_shape is {cfg['embd_shape']} but the embeddings have "
                           f"dimension {x.shape[1]}")
@@ -200,9 +236,14 @@ def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple
         raise ConfigError(f"{cfg.source}: num_classes is {cfg['num_classes']} but the training data "
                           f"has {n_classes} identities")
     if cfg["calibration_identities"]:
-        train = ~np.isin(y, held_out_identities(y, cfg["calibration_identities"]))
-        x, y = x[train], y[train]
-    return x, y
+        data = data.take(~np.isin(y, held_out_identities(y, cfg["calibration_identities"])))
+    return data
+
+
+def training_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings, labels)`` of :func:`training_set`."""
+    data = training_set(cfg, extractor)
+    return data.x, data.labels
 
 
 def calibration_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -220,8 +261,10 @@ def calibration_embeddings(cfg, extractor: FeatureExtractor | None = None) -> tu
         raise ConfigError(f"{cfg.source}: nothing to calibrate on: set 'calibration_identities' (training "
                           "identities held out of training) or 'calibration_dataset' (an identity folder "
                           "disjoint from training and test data)")
-    x, y, mirrored = _training_views(cfg, extractor)
-    keep = np.isin(y, held_out_identities(y, cfg["calibration_identities"])) & ~mirrored
+    # the training folders through the stage-1 model (a hasher's own backbone when it has one)
+    data = _training_views(cfg, None if isinstance(extractor, PrecomputedEmbeddings) else extractor)
+    x, y = data.x, data.labels
+    keep = np.isin(y, held_out_identities(y, cfg["calibration_identities"])) & ~data.mirrored
     source = cfg["train_dataset"] or cfg["train_embeddings"]
     names = ", ".join(os.path.basename(os.path.normpath(s)) for s in (source if isinstance(source, list) else [source]))
     return (x[keep], y[keep], f"{cfg['calibration_identities']} identities of {names} held out of training")

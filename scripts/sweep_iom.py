@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", default=None, help="default docs/images/iom/sweep_<protocol>.png")
     parser.add_argument("--results", default="docs/RESULTS.md",
                         help="markdown file whose sweep block is rewritten ('' for none)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a config key for this sweep (repeatable), e.g. --set loss_fun=batch_hard_arc_triplet_loss")
     parser.add_argument("--checkpoint_root", default="checkpoints")
     parser.add_argument("--cache_dir", default="outputs/sweep",
                         help="finished runs are kept here and reused ('' for none)")
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"--seeds {args.seeds!r}: comma-separated integers expected") from None
     if not sizes or not seeds or args.n_keys < 1:
         raise ConfigError("--sizes, --seeds and --n_keys must each name at least one run")
-    cfg = load_stage2_config(args.cfg_path)
+    cfg = load_stage2_config(args.cfg_path, args.overrides)
     tag = args.protocol + ("" if args.transform == "none" else f"_{args.transform}")
     json_path = args.json or f"docs/results/sweep_iom_{tag}.json"
     plot_path = args.plot or f"docs/images/iom/sweep_{tag}.png"

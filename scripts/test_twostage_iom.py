@@ -49,6 +49,10 @@ def main(argv=None) -> int:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     hasher = DeepIoMHasher.load(where.folder)
+    from iom.hashing.guard import describe_training_report
+
+    for line in describe_training_report(hasher.spec):
+        print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout, flush=True)
     if args.key_mode:
         hasher.key_mode = args.key_mode
     evaluate_stage2(cfg, hasher, json_path=args.json, plot_dir=args.plots,

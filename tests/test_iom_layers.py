@@ -111,8 +111,11 @@ def test_softmax_out_config():
                                                           ("T2", 3, "tanh")])
 def test_network_output_shapes(remark, n_dense, activation):
     net = build_hashing_network(DIM, M, Q, hidden_layer_remark=remark, hidden_units=12)
-    out = net(embeddings(3), training=False)
-    assert set(out) == {"logits", "soft_codes", "probs"}
+    x = embeddings(3)
+    out = net(x, training=False)
+    assert set(out) == {"logits", "soft_codes", "probs", "features"}
+    # features: the input as the projection's first layer sees it (no permutation, no normalisation here)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["features"]), x, atol=1e-6)
     assert tuple(out["logits"].shape) == (3, M * Q)
     assert tuple(out["soft_codes"].shape) == (3, M)
     assert tuple(out["probs"].shape) == (3, M, Q)
@@ -224,3 +227,50 @@ def test_network_with_input_normalization_saves_its_statistics(tmp_path):
     np.testing.assert_allclose(np_out(other(x)["logits"]), np_out(net(x)["logits"]), atol=1e-5)
     with pytest.raises(ConfigError, match="input_norm"):
         build_hashing_network(DIM, M, Q, input_norm="bogus")
+
+
+# --------------------------------------------------------------------------- projection and input statistics
+def test_group_orthogonal_projection():
+    from iom.hashing.layers import group_orthogonal
+
+    dim, m, q = 24, 7, 8                                     # 3 groups a rotation: rotations 0, 1 and a third
+    w = group_orthogonal(dim, m, q, seed=5).astype(np.float64)
+    assert w.shape == (dim, m * q)
+    np.testing.assert_array_equal(w, group_orthogonal(dim, m, q, seed=5))
+    assert not np.allclose(w, group_orthogonal(dim, m, q, seed=6))
+    np.testing.assert_allclose(np.linalg.norm(w, axis=0), np.sqrt(dim), rtol=1e-5)     # one length
+    gram = w.T @ w / dim
+    for start in range(0, m, 3):                               # groups of one rotation: all orthonormal
+        cols = slice(start * q, min(start + 3, m) * q)
+        np.testing.assert_allclose(gram[cols, cols], np.eye(gram[cols, cols].shape[0]), atol=1e-5)
+    assert abs(gram[0, 3 * q]) > 1e-6                          # different rotations are not
+    small = group_orthogonal(4, 3, 8, seed=1)                  # dim < q: unit-length random directions
+    np.testing.assert_allclose(np.linalg.norm(small, axis=0), 2.0, rtol=1e-5)
+
+
+def test_orthogonal_init_in_the_network():
+    from iom.hashing.layers import group_orthogonal
+
+    net = build_hashing_network(DIM, M, Q, seed=4, projection_init="orthogonal")
+    kernel = ops.convert_to_numpy(net.get_layer("IoMProjection").kernel)
+    np.testing.assert_allclose(kernel, group_orthogonal(DIM, M, Q, 4), rtol=1e-6)
+    with pytest.raises(ConfigError, match="projection_init"):
+        build_hashing_network(DIM, M, Q, projection_init="sparse")
+
+
+def test_auto_input_norm_centres_only_a_large_common_direction():
+    from iom.hashing.layers import AUTO_CENTRE_SHIFT, auto_centres, fit_input_normalization
+
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(2000, 32))
+    centred, stats = auto_centres(spread)
+    unit = spread / np.linalg.norm(spread, axis=1, keepdims=True)
+    assert stats["common_cosine"] == pytest.approx(float(unit.mean(0) @ unit.mean(0)))
+    assert not centred and stats["common_cosine"] < AUTO_CENTRE_SHIFT * stats["centred_cosine_std"]
+    shifted = spread + 3.0 * np.ones(32)                       # a ReLU-like common offset
+    assert auto_centres(shifted)[0]
+    mean, transform = fit_input_normalization(shifted, "auto")
+    unit = shifted / np.linalg.norm(shifted, axis=1, keepdims=True)
+    np.testing.assert_allclose(mean, unit.mean(0), rtol=1e-5)
+    np.testing.assert_array_equal(transform, np.eye(32, dtype=np.float32))
+    np.testing.assert_array_equal(fit_input_normalization(spread, "auto")[0], np.zeros(32, np.float32))

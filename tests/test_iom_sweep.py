@@ -53,12 +53,14 @@ def test_person_disjoint_training_never_holds_the_folds_people():
                     issame=np.array([True, False, True, False]), folds=np.array([0, 0, 1, 1]),
                     identities=ids)
     x_base, y_base = np.zeros((3, 2), np.float32), np.array([0, 1, 1])
-    x, y = lfw_person_disjoint_training(x_base, y_base, data, 0)
+    x, y, mirrored = lfw_person_disjoint_training(x_base, y_base, data, 0, np.array([False, True, False]))
     # fold 0 holds ann, bob, cid: only dan's two images join the base set, as a new identity
     np.testing.assert_array_equal(x[3:], emb[6:])
     np.testing.assert_array_equal(y, [0, 1, 1, 2, 2])
-    x, y = lfw_person_disjoint_training(x_base, y_base, data, 1)
+    np.testing.assert_array_equal(mirrored, [False, True, False, False, False])   # the verification images are originals
+    x, y, mirrored = lfw_person_disjoint_training(x_base, y_base, data, 1)
     np.testing.assert_array_equal(x[3:], emb[2:4])           # fold 1 holds cid, dan, ann: bob stays
+    assert not mirrored.any()
 
 
 def test_replace_block():

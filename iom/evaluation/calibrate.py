@@ -186,12 +186,13 @@ def calibrate_config(cfg, hasher, check: bool = True, log=print) -> dict:
 
     from iom.features import calibration_embeddings, evaluation_source
 
-    x, y, source = calibration_embeddings(cfg)
+    extractor = evaluation_source(cfg, hasher)
+    x, y, source = calibration_embeddings(cfg, extractor)
     log(f"[calibrate] {len(x)} images of {len(np.unique(y))} identities: {source}")
     cal = calibrate(hasher, x, y, cfg["calibration_fars"], cfg["target_far"], source)
     where = cfg["identification_dataset"]
     if check and where and not str(where).endswith(".npz"):
-        folder = evaluation_source(cfg).embed_folder(where)
+        folder = extractor.embed_folder(where)
         if folder.labels is not None:
             name = os.path.basename(os.path.normpath(where))
             log(f"[calibrate] checking the thresholds on every pair of {name} ({len(folder.embeddings)} images)")

@@ -228,7 +228,7 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
     from arcface.verification import find_verification_sets
     from iom.features import evaluation_source
 
-    extractor = evaluation_source(cfg)
+    extractor = evaluation_source(cfg, hasher)
     n_draws = n_draws or cfg["n_fresh_keys"]
     hashers = {"deep_iom": (hasher, None)}
     if with_random:
@@ -237,6 +237,13 @@ def evaluate_stage2(cfg, hasher, json_path: str | None = None, plot_dir: str | N
                  "n_key_draws": n_draws, "verification": {}, "identification": {}}
     if hasher_folder:
         out["hasher"] = os.path.abspath(hasher_folder)
+    training = hasher.spec.get("training_report") or {}
+    out["training_guard"] = {k: training.get(k) for k in ("learned_wins", "shipped")}
+    if training.get("guard"):
+        g = training["guard"]
+        out["training_guard"].update(metric=g.get("metric"), learned=g.get("learned_merit"),
+                                     initial=g.get("initial_merit"), random_mean=g.get("random", {}).get("mean"),
+                                     random_std=g.get("random", {}).get("std"))
     if plot_dir:
         out["plots"] = []
     for spec in find_verification_sets(cfg["test_dataset"]):

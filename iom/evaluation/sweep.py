@@ -170,16 +170,18 @@ def size_config(cfg, size: Size, seed: int, tag: str):
                        sub_name=f"sweep/{cfg['sub_name']}/{tag}{size}_seed{seed}", embd_shape=None)
 
 
-def lfw_person_disjoint_training(x_base, y_base, data, fold) -> tuple[np.ndarray, np.ndarray]:
-    """Training set of one person-disjoint rotation: the base set plus the verification
-    images of every identity that appears in no pair of ``fold`` (their labels offset past
-    the base set's)."""
+def lfw_person_disjoint_training(x_base, y_base, data, fold, mirrored=None):
+    """Training set ``(x, y, mirrored)`` of one person-disjoint rotation: the base set plus the
+    verification images of every identity that appears in no pair of ``fold`` (their labels
+    offset past the base set's)."""
     test_people = set(data.identities[data.left[data.folds == fold]]) | \
         set(data.identities[data.right[data.folds == fold]])
     keep = np.array([i not in test_people for i in data.identities])
     labels = np.unique(data.identities[keep], return_inverse=True)[1]
+    base_mirrored = np.zeros(len(x_base), bool) if mirrored is None else np.asarray(mirrored, bool)
     return (np.concatenate([x_base, data.embeddings[keep]]),
-            np.concatenate([y_base, labels + int(np.max(y_base)) + 1]))
+            np.concatenate([y_base, labels + int(np.max(y_base)) + 1]),
+            np.concatenate([base_mirrored, np.zeros(int(keep.sum()), bool)]))
 
 
 class RunCache:
@@ -221,7 +223,7 @@ def run_sweep(cfg, sizes: list[Size], seeds: list[int], n_keys: int, protocol: s
     from dataclasses import replace
     from arcface.verification import find_verification_sets
     from iom.evaluation.report import load_pair_data
-    from iom.features import evaluation_source, training_embeddings
+    from iom.features import evaluation_source, training_set
     from iom.hashing.train import train_hasher
 
     if protocol not in PROTOCOLS:
@@ -230,8 +232,9 @@ def run_sweep(cfg, sizes: list[Size], seeds: list[int], n_keys: int, protocol: s
     data = load_pair_data(specs[0], evaluation_source(cfg))
     if protocol == "person_disjoint" and (data.identities is None or data.folds is None):
         raise ConfigError(f"{data.name}: the person-disjoint protocol needs a pairs folder with folds")
-    x_base, y_base = training_embeddings(cfg)
-    x_base = transform_features(x_base, transform)
+    base = training_set(cfg)
+    y_base, mirrored = base.labels, base.mirrored
+    x_base = transform_features(base.x, transform)
     data = replace(data, embeddings=transform_features(data.embeddings, transform))
     emb = data.embeddings
     unit = l2_normalize(emb)
@@ -257,19 +260,22 @@ def run_sweep(cfg, sizes: list[Size], seeds: list[int], n_keys: int, protocol: s
                 continue
             if protocol == "train_set":
                 hasher = train_hasher(size_config(cfg, size, seed, ""), x_base, y_base,
-                                      checkpoint_root=checkpoint_root, progress=False)[0]
+                                      checkpoint_root=checkpoint_root, progress=False, mirrored=mirrored)[0]
                 codes = hasher.codes(emb)
                 scores = hamming_similarity(codes[data.left], codes[data.right])
+                shipped = [hasher.spec.get("training_report", {}).get("shipped")]
             else:
                 scores = np.empty(len(data.issame))
+                shipped = []
                 for fold in np.unique(data.folds):
-                    x, y = lfw_person_disjoint_training(x_base, y_base, data, fold)
+                    x, y, m = lfw_person_disjoint_training(x_base, y_base, data, fold, mirrored)
                     hasher = train_hasher(size_config(cfg, size, seed, f"fold{fold}_"), x, y,
-                                          checkpoint_root=checkpoint_root, progress=False)[0]
+                                          checkpoint_root=checkpoint_root, progress=False, mirrored=m)[0]
+                    shipped.append(hasher.spec.get("training_report", {}).get("shipped"))
                     codes = hasher.codes(emb)
                     sel = data.folds == fold
                     scores[sel] = hamming_similarity(codes[data.left[sel]], codes[data.right[sel]])
-            run = {"seed": int(seed), **pair_metrics(scores, data.issame, data.folds)}
+            run = {"seed": int(seed), "shipped": shipped, **pair_metrics(scores, data.issame, data.folds)}
             if with_all_pairs:
                 run.update(all_pairs_codes(codes, size.q, data.identities))
             log(f"[sweep] deep IoM {size} seed {seed}: {run}")
@@ -396,5 +402,39 @@ def write_outputs(result: dict, json_path: str | None, plot_path: str | None,
                 + markdown_table(result)
                 + (f"\n\n![sweep]({os.path.relpath(plot_path, os.path.dirname(results_md))})" if plot_path else ""))
         text = open(results_md, encoding="utf-8").read() if os.path.isfile(results_md) else ""
-        marker = f"sweep-{result['protocol']}" + ("" if result["transform"] == "none" else f"-{result['transform']}")
+        config = os.path.splitext(os.path.basename(str(result["config"])))[0]
+        marker = f"sweep-{config}-{result['protocol']}" + ("" if result["transform"] == "none" else f"-{result['transform']}")
         atomic_write(results_md, replace_block(text, marker, body).encode("utf-8"))
+
+
+def extractor_table(results: dict, key: str = "all_pairs_tar@0.001", digits: int = 3) -> str:
+    """One column pair per extractor (what ships after the guard, and random IoM) and one row
+    per code size, for sweeps of several extractors (``{name: sweep result}``); a cell is
+    ``mean ± std`` of ``key`` over seeds (keys for random IoM), ``*`` marks shipped ahead of
+    random by more than the larger spread, and ``(k/n)`` counts the seeds whose learned head
+    shipped (the others shipped a random projection, :mod:`iom.hashing.guard`)."""
+    sizes: list[str] = []
+    for result in results.values():
+        sizes += [s for s in result["sizes"] if s not in sizes]
+    head = ["size (m×q)"]
+    for name, result in results.items():
+        head += [f"{name} ({result['dimension']}-d): shipped", "random IoM"]
+    raw = ["raw cosine"]
+    for result in results.values():
+        raw += [f"{result['raw'][key]:.{digits}f}" if key in result["raw"] else "—", ""]
+    rows = [raw]
+    for size in sizes:
+        row = [size.replace("x", "×")]
+        for result in results.values():
+            entry = result["sizes"].get(size)
+            if entry is None or f"{key}_mean" not in entry["deep"]:
+                row += ["—", "—"]
+                continue
+            d, r = entry["deep"], entry["random"]
+            learned = sum(1 for run in d["runs"] if (run.get("shipped") or [None])[0] in ("learned", None))
+            mark = "*" if verdict(entry, key) else ""
+            row += [f"{d[key + '_mean']:.{digits}f} ± {d[key + '_std']:.{digits}f}{mark} ({learned}/{d['n']})",
+                    f"{r[key + '_mean']:.{digits}f} ± {r[key + '_std']:.{digits}f}"]
+        rows.append(row)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

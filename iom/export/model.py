@@ -107,17 +107,15 @@ def load_code_model(hasher_name: str, variant: str = "face", crop_size: int = DE
     """``(model, info)`` for a shipped hasher, loaded as ``Pipeline.from_pretrained(name,
     align=False)`` loads it; ``info`` is :meth:`Pipeline.shipped`'s dict plus ``dim`` and
     ``weights`` (``{"<model>/<file>": path}`` of the two weight files the export is made of)."""
-    from arcface.models import load_pretrained
-    from arcface.pretrained import pretrained_files
-    from iom.hashing.hasher import WEIGHTS_FILE, DeepIoMHasher
+    from iom.hashing.hasher import WEIGHTS_FILE, DeepIoMHasher, stage1_backbone
     from iom.service.pipeline import Pipeline
 
     info = Pipeline.shipped(hasher_name)
     hasher = DeepIoMHasher.load(info["folder"])
-    cfg, backbone = load_pretrained(info["stage1_model"])
+    cfg, backbone, stage1_weights = stage1_backbone(hasher)
     model = build_code_model(backbone, hasher, variant, crop_size, cfg["input_size"])
-    stage1_weights = pretrained_files(info["stage1_model"])[1]
+    owner = hasher_name if hasher.spec.get("stage1_weights") else info["stage1_model"]
     weights = {f"{hasher_name}/{WEIGHTS_FILE}": os.path.join(info["folder"], WEIGHTS_FILE),
-               f"{info['stage1_model']}/{os.path.basename(stage1_weights)}": stage1_weights}
+               f"{owner}/{os.path.basename(stage1_weights)}": stage1_weights}
     return model, {**info, "dim": hasher.dim, "m": hasher.m, "q": hasher.q,
                    "model_id": hasher.spec["model_id"], "weights": weights}

@@ -42,15 +42,17 @@ class DeepIoMHasher:
         self.network = network or build_hashing_network(
             self.dim, self.m, self.q, self.train_permutation, spec.get("hidden_layer_remark", "0"),
             spec.get("hidden_units"), spec.get("T", 1.0), seed=seed,
-            input_norm=spec.get("input_norm", "none"))
+            input_norm=spec.get("input_norm", "none"), projection_init=spec.get("projection_init", "gaussian"))
         self._infer = None  # the network's compiled inference call, built on first use
+        self.folder = None  # where it was loaded from (its end-to-end backbone lives there)
 
     @classmethod
     def from_config(cls, cfg, dim: int, model_id: str | None = None) -> "DeepIoMHasher":
         """An untrained hasher with the sizes and key scheme of a stage-2 config."""
         spec = {"format_version": FORMAT_VERSION, "m": cfg["m"], "q": cfg["q"], "dim": int(dim),
                 "hidden_layer_remark": cfg["hidden_layer_remark"], "hidden_units": cfg["hidden_units"],
-                "T": float(cfg["T"]), "input_norm": cfg["input_norm"], "key_mode": cfg["key_mode"], "train_key": cfg["train_key"],
+                "T": float(cfg["T"]), "input_norm": cfg["input_norm"], "projection_init": cfg["projection_init"],
+                "key_mode": cfg["key_mode"], "train_key": cfg["train_key"],
                 "stage1_model": cfg["stage1_model"], "model_id": model_id or cfg["sub_name"]}
         return cls(spec, seed=cfg["seed"])
 
@@ -62,6 +64,11 @@ class DeepIoMHasher:
         if mode == "none":
             return
         x = np.asarray(embeddings, np.float32)[:, self.train_permutation]  # what the layer sees
+        if mode == "auto":
+            from iom.hashing.layers import auto_centres
+
+            centre, stats = auto_centres(x)
+            self.spec["input_norm_auto"] = {"centred": bool(centre), **stats}
         self.network.get_layer("input_norm").set_statistics(*fit_input_normalization(x, mode))
 
     # ------------------------------------------------------------------ encoding
@@ -123,7 +130,26 @@ class DeepIoMHasher:
             hasher.network.load_weights(weights)
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{weights} does not fit the hasher in {spec_path}: {e}") from None
+        hasher.folder = folder
+        own = spec.get("stage1_weights")
+        if own and not os.path.isfile(os.path.join(folder, own)):
+            raise CheckpointError(f"{folder}: the hasher was trained end to end but its backbone {own} is missing")
         return hasher
+
+
+def stage1_backbone(hasher: DeepIoMHasher):
+    """``(stage-1 config, backbone, weights file)`` a loaded hasher codes the faces of: the
+    shipped ``spec["stage1_model"]``, with the backbone weights the hasher was trained end to
+    end with when it has them (``spec["stage1_weights"]`` in its folder)."""
+    from arcface.models import load_backbone, load_pretrained
+    from arcface.pretrained import pretrained_files
+
+    cfg, backbone = load_pretrained(hasher.spec["stage1_model"])
+    own = hasher.spec.get("stage1_weights")
+    if not own:
+        return cfg, backbone, pretrained_files(hasher.spec["stage1_model"])[1]
+    weights = os.path.join(hasher.folder, own)
+    return cfg, load_backbone(cfg, weights), weights
 
 
 @dataclass(frozen=True)

@@ -40,14 +40,41 @@ class PermutationLayer(keras.layers.Layer):
         return {**super().get_config(), "permutation": self.permutation.tolist()}
 
 
-INPUT_NORMS = ("none", "l2", "center", "whiten")
+INPUT_NORMS = ("none", "l2", "center", "whiten", "auto")
+#: ``auto`` centres when the features' common direction shifts the cosine of unrelated faces by
+#: more than this share of the centred cosines' standard deviation (see :func:`auto_centres`)
+AUTO_CENTRE_SHIFT = 0.5
+
+
+def auto_centres(x: np.ndarray, n_pairs: int = 20000, seed: int = 0) -> tuple[bool, dict]:
+    """Whether ``input_norm: auto`` centres features ``x``, and the statistics it decided on.
+
+    For unit rows ``u`` with mean ``μ``, ``|μ|²`` is the mean cosine of two random rows: the
+    shift a common direction adds to every pair. A well-centred extractor (ArcFace-trained
+    ones: ``|μ|² ≈ 0.02``) has a mean that is mostly a property of the dataset it was measured
+    on (the training mean then points elsewhere than a test set's, and removing it *adds* a
+    shift there); features with a structural offset (ReLU or pooled features, ``|μ|² ≈ 0.1-0.4``)
+    share it across datasets and every random projection mostly sees it. Centre when the
+    shift exceeds :data:`AUTO_CENTRE_SHIFT` standard deviations of the centred features'
+    pairwise cosines."""
+    u = np.asarray(x, np.float64)
+    u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    mean = u.mean(axis=0)
+    centred = u - mean
+    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(u), (2, n_pairs))
+    keep = i != j
+    spread = float(np.std(np.sum(centred[i[keep]] * centred[j[keep]], axis=1))) if keep.any() else 0.0
+    shift = float(mean @ mean)
+    return shift > AUTO_CENTRE_SHIFT * spread, {"common_cosine": shift, "centred_cosine_std": spread}
 
 
 def fit_input_normalization(x: np.ndarray, mode: str, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, transform)`` of :class:`InputNormalization` fitted on training embeddings ``x``.
 
     ``"none"``/``"l2"``: zero mean, identity; ``"center"``: the mean of the L2-normalised
-    rows, identity; ``"whiten"``: that mean and the ZCA whitening
+    rows, identity; ``"auto"``: ``"center"`` or ``"none"`` as :func:`auto_centres` decides; ``"whiten"``: that mean and the ZCA whitening
     ``V diag(1/sqrt(λ + s·mean λ)) Vᵀ`` of the centred rows' covariance (eigenpairs λ, V),
     shrunk by ``s = shrinkage`` so that directions of almost no variance are not blown up.
     The transform is scaled to unit spectral norm (the output is re-normalised anyway).
@@ -56,6 +83,8 @@ def fit_input_normalization(x: np.ndarray, mode: str, shrinkage: float = 0.1) ->
         raise ConfigError(f"input_norm {mode!r} is not one of {list(INPUT_NORMS)}")
     x = np.asarray(x, np.float64)
     dim = x.shape[1]
+    if mode == "auto":
+        mode = "center" if auto_centres(x)[0] else "none"
     if mode in ("none", "l2"):
         return np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32)
     unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -119,6 +148,48 @@ def parse_hidden_layer_remark(remark) -> tuple[int, str]:
     return int(match.group(2)), "tanh" if match.group(1) else "prelu"
 
 
+PROJECTION_INITS = ("gaussian", "orthogonal")
+
+
+def group_orthogonal(dim: int, m: int, q: int, seed: int) -> np.ndarray:
+    """(dim, m·q) float32 projection whose q columns of each group are orthonormal directions
+    and whose groups tile successive random rotations of R^dim (``dim // q`` groups a rotation),
+    scaled by ``sqrt(dim)`` so that logits of unit inputs have the Gaussian init's scale.
+
+    Gaussian columns differ in length (by about ``1/sqrt(2·dim)``), which tilts each group's
+    argmax towards its longest column, and two groups of Gaussian columns are correlated by
+    chance; these columns are all of one length and groups drawn from one rotation are
+    orthogonal. Where ``dim < q`` no q directions are orthogonal: columns are unit-length
+    Gaussian directions."""
+    rng = np.random.default_rng([int(seed), 0x0A7])
+    if dim < q:
+        w = rng.normal(size=(dim, m * q))
+        return (w / np.linalg.norm(w, axis=0) * np.sqrt(dim)).astype(np.float32)
+    per_rotation = dim // q
+    blocks = []
+    for start in range(0, m, per_rotation):
+        rotation, r = np.linalg.qr(rng.normal(size=(dim, dim)))
+        rotation *= np.sign(np.diag(r))          # a uniformly random rotation (Haar)
+        blocks.append(rotation[:, :min(per_rotation, m - start) * q])
+    return (np.concatenate(blocks, axis=1) * np.sqrt(dim)).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="iomface")
+class GroupOrthogonal(keras.initializers.Initializer):
+    """Keras initializer of :func:`group_orthogonal` for a (dim, m·q) kernel."""
+
+    def __init__(self, q: int, seed: int = 0):
+        self.q, self.seed = int(q), int(seed)
+
+    def __call__(self, shape, dtype=None):
+        dim, units = shape
+        return keras.ops.convert_to_tensor(group_orthogonal(dim, units // self.q, self.q, self.seed),
+                                           dtype=dtype or "float32")
+
+    def get_config(self):
+        return {"q": self.q, "seed": self.seed}
+
+
 #: the dtype of every layer of the hashing network, whatever the global dtype policy
 #: (a caller's ``mixed_bfloat16`` policy would otherwise change the trained hasher and its codes)
 NETWORK_DTYPE = "float32"
@@ -164,11 +235,15 @@ class SoftmaxOut(keras.layers.Layer):
 
 def build_hashing_network(dim: int, m: int, q: int, permutation=None, hidden_layer_remark="0",
                           hidden_units: int | None = None, temperature: float = 1.0,
-                          seed: int = 0, input_norm: str = "none") -> keras.Model:
-    """Embedding (B, dim) → {"logits" (B, m*q), "soft_codes" (B, m), "probs" (B, m, q)}.
+                          seed: int = 0, input_norm: str = "none",
+                          projection_init: str = "gaussian") -> keras.Model:
+    """Embedding (B, dim) → {"logits" (B, m*q), "soft_codes" (B, m), "probs" (B, m, q),
+    "features" (B, dim)}; ``features`` is the input as the projection's first layer sees it
+    (permuted and normalised: the geometry the distillation term teaches the codes).
 
     The IoM projection is a Dense layer of m·q units with N(0, 1) initial weights (as in
-    the seed project), preceded by the key permutation, the input normalisation (any mode
+    the seed project; ``projection_init="gaussian"``) or :func:`group_orthogonal` ones
+    (``"orthogonal"``), preceded by the key permutation, the input normalisation (any mode
     but ``"none"``: an :class:`InputNormalization` layer, statistics set after fitting)
     and the optional hidden layers.
 
@@ -178,19 +253,23 @@ def build_hashing_network(dim: int, m: int, q: int, permutation=None, hidden_lay
     """
     if input_norm not in INPUT_NORMS:
         raise ConfigError(f"input_norm {input_norm!r} is not one of {list(INPUT_NORMS)}")
+    if projection_init not in PROJECTION_INITS:
+        raise ConfigError(f"projection_init {projection_init!r} is not one of {list(PROJECTION_INITS)}")
     dtype = NETWORK_DTYPE
     inputs = keras.Input((dim,), name="embedding", dtype=dtype)
     x = PermutationLayer(np.arange(dim) if permutation is None else permutation, name="perm_layer",
                          dtype=dtype)(inputs)
     if input_norm != "none":
         x = InputNormalization(dim, name="input_norm", dtype=dtype)(x)
+    features = x
     n_hidden, activation = parse_hidden_layer_remark(hidden_layer_remark)
     for i in range(n_hidden):
         for layer in hidden_block(hidden_units or dim, activation, f"hidden{i + 1}", layer_seed(seed, 1, i)):
             x = layer(x)
-    logits = keras.layers.Dense(
-        m * q, name="IoMProjection", dtype=dtype,
-        kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=seed))(x)
+    init = (keras.initializers.RandomNormal(0.0, 1.0, seed=seed) if projection_init == "gaussian"
+            else GroupOrthogonal(q, seed))
+    logits = keras.layers.Dense(m * q, name="IoMProjection", dtype=dtype, kernel_initializer=init)(x)
     soft_codes, probs = SoftmaxOut(m, q, temperature, name="IoMHead", dtype=dtype)(logits)
-    return keras.Model(inputs, {"logits": logits, "soft_codes": soft_codes, "probs": probs},
+    return keras.Model(inputs, {"logits": logits, "soft_codes": soft_codes, "probs": probs,
+                                "features": features},
                        name="deep_iom")

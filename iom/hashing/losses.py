@@ -344,6 +344,21 @@ def fit_distillation_map(embeddings: np.ndarray, probs: np.ndarray) -> tuple[flo
     return float(alpha), float(beta)
 
 
+def distillation_fit_quality(embeddings: np.ndarray, probs: np.ndarray, alpha: float,
+                             beta: float) -> dict:
+    """How well the line ``α + β·cos`` explains the expected agreement over every pair of a
+    sample: ``{"alpha", "beta", "r2"}`` (R² of the line's residuals)."""
+    x = np.asarray(embeddings, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    p = np.asarray(probs, np.float64).reshape(len(x), -1)
+    iu = np.triu_indices(len(x), 1)
+    cos, agree = (x @ x.T)[iu], (p @ p.T)[iu] / np.asarray(probs).shape[1]
+    resid = agree - (alpha + beta * cos)
+    var = float(np.var(agree))
+    return {"alpha": float(alpha), "beta": float(beta),
+            "r2": float(1.0 - np.var(resid) / var) if var > 0 else 0.0}
+
+
 # --------------------------------------------------------------------------- #
 # registry
 # --------------------------------------------------------------------------- #

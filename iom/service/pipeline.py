@@ -83,12 +83,11 @@ class Pipeline:
         by default :data:`iom.defaults.DEFAULT_HASHER` on ``mobilefacenet_ms1m``. The names are
         checked by :meth:`shipped` before any file is read."""
         from arcface.embed import Embedder
-        from arcface.models import load_pretrained
-        from iom.hashing.hasher import DeepIoMHasher
+        from iom.hashing.hasher import DeepIoMHasher, stage1_backbone
 
         info = cls.shipped(hasher_name)
         hasher = DeepIoMHasher.load(info["folder"])
-        cfg, backbone = load_pretrained(info["stage1_model"])
+        cfg, backbone, _ = stage1_backbone(hasher)
         aligner = None
         if align:
             from arcface.align import FaceAligner
