@@ -4,15 +4,21 @@ iom.service.galleries, the service's ``gallery_spec`` and ``iomface identify --c
 A sharded gallery must return exactly PackedGallery's top-k (same ids, same similarities, same
 order with many ties), place each id on the shard ``shard_of`` names, reach it on removal,
 and raise PackedGallery's errors. One local cluster (2 CPUs, a small object store) serves the
-whole module and is shut down at its end; a subprocess joins it by its address.
+whole module and is shut down at its end; a subprocess joins it by its address. Its token file
+starts as the security review found Ray's own (mode 0644 in a folder of mode 0755) and must be
+private once the cluster runs, and every port of the cluster must listen on loopback only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +34,30 @@ from iom.service.sharded_search import ShardedGallery, shard_of, shards_of  # no
 from tests.conftest import REPO  # noqa: E402
 
 
+LOOSE_TOKEN = "0123456789abcdef" * 4           # a token that was already there, readable by others
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def token_path(tmp_path_factory):
+    """Ray's token file for this module's cluster (``RAY_AUTH_TOKEN_PATH``; ~/.ray is left
+    alone), made as the review found Ray's own: mode 0644 in a folder of mode 0755."""
+    folder = tmp_path_factory.mktemp("ray-token")
+    path = folder / "auth_token"
+    path.write_text(LOOSE_TOKEN)
+    os.chmod(path, 0o644)
+    os.chmod(folder, 0o755)
+    mode_before = os.environ.pop("RAY_AUTH_MODE", None)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+        env.delenv("RAY_AUTH_TOKEN", raising=False)
+        yield path
+    os.environ.pop("RAY_AUTH_MODE", None)               # connect() sets it; put back what was there
+    if mode_before is not None:
+        os.environ["RAY_AUTH_MODE"] = mode_before
+
+
+@pytest.fixture(scope="module")
+def cluster(token_path):
     """A real local Ray cluster for this module; yields its address (a head's HOST:PORT)."""
     sharded_search.connect("local", num_cpus=2, object_store_memory=100 * 2**20)
     yield ray.get_runtime_context().gcs_address
@@ -60,6 +88,199 @@ def test_placement_is_a_fixed_function_of_the_id():
     counts = np.bincount(where, minlength=8)
     assert counts.min() > 0.97 * len(ids) / 8 and counts.max() < 1.03 * len(ids) / 8   # even split
     assert shards_of([5], 1).tolist() == [0]
+
+
+# ---------------------------------------------------------------------------- who may join the cluster
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o7777
+
+
+def test_local_cluster_token_is_private_and_is_the_one_ray_uses(cluster, token_path):
+    # the loose token that was there is tightened in place (folder first), not replaced
+    assert (_mode(token_path), _mode(token_path.parent)) == (0o600, 0o700)
+    assert os.stat(token_path).st_uid == os.geteuid() == os.stat(token_path.parent).st_uid
+    assert token_path.read_text() == LOOSE_TOKEN
+    from ray._raylet import AuthenticationTokenLoader
+
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert AuthenticationTokenLoader.instance().get_raw_token() == LOOSE_TOKEN
+
+
+def test_a_new_token_file_is_private_from_the_start(tmp_path, monkeypatch):
+    path = tmp_path / "new" / "auth_token"
+    old_umask = os.umask(0)                    # even when the umask would leave everything open
+    try:
+        assert sharded_search.secure_token_file(path) == path
+    finally:
+        os.umask(old_umask)
+    token = path.read_text()
+    assert (_mode(path), _mode(path.parent)) == (0o600, 0o700)
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert sharded_search.secure_token_file(path) == path and path.read_text() == token   # kept
+    path.write_text("")                        # an empty file is no token to Ray: a new one
+    sharded_search.secure_token_file(path)
+    assert len(path.read_text()) == 64 and path.read_text() != token and _mode(path) == 0o600
+    # joining a remote cluster: a missing token is the operator's to give, nothing is created
+    gone = tmp_path / "absent" / "auth_token"
+    assert sharded_search.secure_token_file(gone, create=False) is None and not gone.parent.exists()
+    # the default path follows Ray's order; a token in RAY_AUTH_TOKEN needs no file
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(gone))
+    assert sharded_search.token_file() == gone
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    assert sharded_search.token_file() == Path.home() / ".ray" / "auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 64)
+    assert sharded_search.secure_token_file() is None
+
+
+def test_a_loose_token_file_is_tightened_or_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "ray"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    path = folder / "auth_token"
+    path.write_text(LOOSE_TOKEN)
+    os.chmod(path, 0o644)
+    assert sharded_search.secure_token_file(path, create=False) == path           # joining: tightened too
+    assert (_mode(path), _mode(folder), path.read_text()) == (0o600, 0o700, LOOSE_TOKEN)
+
+    os.chmod(path, 0o644)
+    monkeypatch.setattr(sharded_search.os, "fchmod", _refuse)                      # chmod not allowed
+    with pytest.raises(ClusterError, match=re.escape(str(path)) + ".*mode 0644"):
+        sharded_search.secure_token_file(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(sharded_search.os, "geteuid", lambda: os.getuid() + 4242)  # another user's file
+    with pytest.raises(ClusterError, match=re.escape(str(folder)) + f".*belongs to uid {os.getuid()}"):
+        sharded_search.secure_token_file(path)
+    monkeypatch.undo()
+
+    link = folder / "linked_token"
+    link.symlink_to(path)
+    with pytest.raises(ClusterError, match=re.escape(str(link)) + ".*not a link"):
+        sharded_search.secure_token_file(link)
+    with pytest.raises(ClusterError, match=re.escape(str(folder)) + ".*not a regular file"):
+        sharded_search.secure_token_file(folder)
+    linked_folder = tmp_path / "linked_folder"
+    linked_folder.symlink_to(folder)
+    with pytest.raises(ClusterError, match=re.escape(str(linked_folder)) + ".*not a folder"):
+        sharded_search.secure_token_file(linked_folder / "auth_token")
+
+
+def _refuse(*args):
+    raise PermissionError(1, "Operation not permitted")
+
+
+def test_a_local_cluster_needs_token_authentication(monkeypatch):
+    for off in ("disabled", "k8s", ""):
+        monkeypatch.setenv("RAY_AUTH_MODE", off)
+        with pytest.raises(ClusterError, match=f"RAY_AUTH_MODE={off}: a local Ray cluster needs token"):
+            sharded_search.require_token_auth(ray)
+
+
+def _listening_sockets() -> dict[int, tuple[str, int]]:
+    """Every LISTEN TCP socket of this machine's network namespace: ``{inode: (ip, port)}``
+    (from /proc/net/tcp and tcp6; IPv6 addresses as the kernel stores them, IPv4-mapped ones too)."""
+    found = {}
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A":                                   # TCP_LISTEN
+                continue
+            ip_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(ip_hex)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))   # per 32-bit word, host order
+            found[int(fields[9])] = (socket.inet_ntop(family, raw), int(port_hex, 16))
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Ray's GCS, raylet, agents and workers for a driver)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])   # after "(command)"
+        except OSError:                                              # gone meanwhile
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def _listeners_of(pids) -> list[tuple[int, str, int]]:
+    """``(pid, ip, port)`` of each listening TCP socket the processes ``pids`` hold."""
+    listening, found = _listening_sockets(), []
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:                                              # gone meanwhile
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in listening:
+                found.append((pid, *listening[int(target[8:-1])]))
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="lists sockets from Linux's /proc")
+def test_local_cluster_sessions_live_in_a_private_folder(cluster):
+    """Ray's logs and sockets: in a folder of the service's user, mode 0700 (not /tmp/ray, 0777)."""
+    import stat
+
+    import ray
+
+    from iom.service.sharded_search import private_temp_dir
+
+    folder = private_temp_dir()
+    info = os.lstat(folder)
+    assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.geteuid()
+    session = ray._private.worker._global_node.get_session_dir_path()
+    assert os.path.realpath(session).startswith(os.path.realpath(folder) + os.sep)
+
+
+def test_local_cluster_listens_on_loopback_only(cluster):
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    worker = ray.get(pid.remote())                                   # a worker with its own gRPC server
+    gcs_host, gcs_port = cluster.rsplit(":", 1)
+    node = [n for n in ray.nodes() if n["Alive"]]
+    assert gcs_host == "127.0.0.1" and len(node) == 1 and node[0]["NodeManagerAddress"] == "127.0.0.1"
+    assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    listeners = _listeners_of(_descendants(os.getpid()))
+    ports = {port for _, _, port in listeners}
+    # not vacuous: the GCS, the raylet's node and object managers and the worker are among them
+    assert {int(gcs_port), node[0]["NodeManagerPort"], node[0]["ObjectManagerPort"]} <= ports
+    assert worker in {p for p, _, _ in listeners}
+    open_to_network = [(p, ip, port) for p, ip, port in listeners if not _loopback(ip)]
+    assert listeners and open_to_network == [], open_to_network
+
+
+def test_a_cluster_reporting_another_address_is_refused(monkeypatch):
+    monkeypatch.setattr(sharded_search, "local_cluster_addresses",
+                        lambda ray: {"gcs": "127.0.0.1:6379", "driver": "127.0.0.1", "node 0a1b": "10.0.0.5"})
+    with pytest.raises(ClusterError, match="node 0a1b is at 10.0.0.5, not on 127.0.0.1"):
+        sharded_search.check_loopback(ray)
+    monkeypatch.setattr(sharded_search, "local_cluster_addresses", lambda ray: {"gcs": "0.0.0.0:6379"})
+    with pytest.raises(ClusterError, match="gcs is at 0.0.0.0:6379"):
+        sharded_search.check_loopback(ray)
+    monkeypatch.setattr(sharded_search, "local_cluster_addresses", lambda ray: {"gcs": "[::1]:6379", "driver": "::1"})
+    sharded_search.check_loopback(ray)
 
 
 # ---------------------------------------------------------------------------- same answers
