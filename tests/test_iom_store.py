@@ -25,7 +25,7 @@ from iom.service import store as store_mod
 from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
                                 StoreError, TemplateError, UnknownSubjectError)
 from iom.service.sqlite_store import SQLiteStore
-from iom.service.store import (MIGRATIONS, TemplateRecord, TemplateStore, record_checksum,
+from iom.service.store import (MIGRATIONS, TemplateRecord, TemplateStore, record_checksum, utc_now,
                                validate_record)
 from iom.service.stores import open_store
 from tests.pg_server import fresh_database, fresh_schema, postgres_server, unavailable_reason
@@ -399,6 +399,33 @@ def test_failed_migration_rolls_back(backend):
         backend.open(Broken)
     s = backend.open()
     assert s.schema_version() == LATEST and s.dump() == before
+
+
+def test_version_2_attempt_log_migrates(backend):
+    """A version-2 database (attempts without MACs, ids with gaps) opens, migrates to the
+    latest version and keeps counting its attempts; the first attempt written adopts the old
+    rows (renumbered in time order, authenticated), after which tampering is detected."""
+    class StoreV2(backend.cls):
+        migrations = MIGRATIONS[:2]
+
+    old = backend.open(StoreV2)
+    old.enroll(pair("alice"))
+    old.close()
+    for attempt_id, subject, age in ((3, "alice", 5.0), (7, "bob", 3.0), (5, "alice", 4.0)):
+        backend.raw("INSERT INTO attempts (attempt_id, subject_id, client, op, outcome, at) "
+                    "VALUES (?, ?, 'mallory', 'verify', 'rejected', ?)", (attempt_id, subject, utc_now(age)))
+    s = backend.open()
+    assert s.schema_version() == LATEST == 3
+    assert s.count_attempts("alice", "verify", 60) == 2
+    assert [(subj, out) for _, subj, _, _, out in s.attempts()] == [("alice", "rejected")] * 2 + [("bob", "rejected")]
+    assert s.reserve_attempt("alice", "mallory", "verify", 60, 3) == 4       # adopts 1..3, then reserves
+    assert s.reserve_attempt("alice", "mallory", "verify", 60, 3) is None
+    rows = backend.raw("SELECT attempt_id, subject_id, mac FROM attempts ORDER BY attempt_id")
+    assert [r[:2] for r in rows] == [(1, "alice"), (2, "alice"), (3, "bob"), (4, "alice")]
+    assert all(len(bytes(r[2])) == 32 for r in rows)
+    backend.raw("DELETE FROM attempts WHERE attempt_id = 1")
+    with pytest.raises(StoreError, match="deleted or inserted"):
+        s.count_attempts("alice", "verify", 60)
 
 
 def test_migration_list_must_be_ordered(backend):

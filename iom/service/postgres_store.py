@@ -12,10 +12,14 @@ Concurrency. The connection runs in autocommit mode and every operation issues i
   and because READ COMMITTED takes a fresh snapshot for every statement, each sees what the
   previous one committed: of two concurrent enrollments of one subject exactly one succeeds,
   the other gets :class:`~iom.service.errors.DuplicateEnrollmentError`; two reissues never
-  both revoke the same templates. Writers of different subjects do not wait for each other.
-  The partial unique index ``templates_one_active`` stays the last line of defence (a
-  violation is reported as DuplicateEnrollmentError). No retry loop is needed: nothing
-  takes two subject locks, so there is no deadlock and no serialisation failure.
+  both revoke the same templates. The partial unique index ``templates_one_active`` stays
+  the last line of defence (a violation is reported as DuplicateEnrollmentError). No retry
+  loop is needed: nothing takes two subject locks, so there is no deadlock and no
+  serialisation failure. Every writer also takes the event log's lock (a reserved key), so
+  writes of different subjects wait for each other too; it orders the log and the attempt
+  log's mark (one row for all subjects). The failure lock's ``reserve_attempt`` counts and
+  inserts under both, so concurrent verifications of one subject never reserve more than
+  the limit together.
 * reads: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`` (one snapshot per operation).
 * schema migrations take the advisory lock of a reserved key, so servers starting together
   migrate once.
@@ -54,7 +58,7 @@ class PostgresStore(TemplateStore):
     """Templates in the PostgreSQL database of ``dsn`` (a ``postgresql://`` URL or a libpq
     ``key=value`` string); tables live in the connection's current schema."""
 
-    DDL = {"blob": "BYTEA", "id_pk": "BIGSERIAL PRIMARY KEY"}
+    DDL = {"blob": "BYTEA", "id_pk": "BIGSERIAL PRIMARY KEY", "empty_blob": "''::bytea"}
     DB_ERROR = psycopg.Error
 
     def __init__(self, dsn: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,

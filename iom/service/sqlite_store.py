@@ -99,7 +99,7 @@ class SQLiteStore(TemplateStore):
     :class:`~iom.service.errors.StoreError`.
     """
 
-    DDL = {"blob": "BLOB", "id_pk": "INTEGER PRIMARY KEY"}
+    DDL = {"blob": "BLOB", "id_pk": "INTEGER PRIMARY KEY", "empty_blob": "X''"}
     DB_ERROR = sqlite3.Error
 
     def __init__(self, path: str | Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):

@@ -21,7 +21,7 @@ path, or ``postgresql://...``).
 Every operation is one transaction: it happens completely or not at all, and every error
 bad input can trigger (:mod:`iom.service.errors`) leaves the store unchanged.
 
-Schema (version 2)::
+Schema (version 3)::
 
     schema_info(version INTEGER NOT NULL)                        -- one row
     templates(template_id  INTEGER PRIMARY KEY / BIGSERIAL,
@@ -32,7 +32,9 @@ Schema (version 2)::
     UNIQUE INDEX templates_one_active ON templates(subject_id, purpose) WHERE revoked_at IS NULL
     events(seq BIGINT PRIMARY KEY, subject_id TEXT, op TEXT, revoked_ids TEXT, new_ids TEXT,
            at TEXT, mac BLOB/BYTEA)                              -- version 2: the change log
-    attempts(attempt_id, subject_id TEXT, client TEXT, op TEXT, outcome TEXT, at TEXT)
+    attempts(attempt_id, subject_id TEXT, client TEXT, op TEXT, outcome TEXT, at TEXT,
+             mac BLOB/BYTEA)                                     -- mac: version 3
+    settings(name TEXT PRIMARY KEY, value BLOB/BYTEA, seq BIGINT, mac BLOB/BYTEA)
 
 The partial unique index is what makes two active templates of one purpose for one subject
 impossible, even under concurrency. Timestamps are UTC ISO-8601 strings
@@ -52,13 +54,33 @@ whole database to an earlier consistent state is noticed by a process that saw t
 log, and, with a *witness* file kept off the database's storage, by any process.
 A subject's *version* is the sequence number of its latest log entry; ``revoke`` and
 ``reissue`` take an ``expected_version`` and raise :class:`~iom.service.errors.ConflictError`
-when it moved. ``attempts`` records failed and refused attempts for rate limits and audit.
+when it moved.
+
+Attempts and the failure lock. ``attempts`` records failed and refused attempts (rate limits,
+audit) and *reservations*: :meth:`TemplateStore.reserve_attempt` counts a subject's failures
+and pending reservations in a window and, below the limit, inserts a ``pending`` row, in one
+write transaction, which every writer serialises (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL:
+the subject's advisory lock and the event-log lock every writer takes), so no two callers
+both take the last free slot. :meth:`TemplateStore.finish_attempt` then makes it
+``rejected`` (a failure), ``accepted`` or ``cancelled`` (no longer counted, not listed); a
+reservation left ``pending`` by a crash counts as a failure until it leaves the window.
+Every attempt row carries an HMAC under the row key over all its columns, its id included
+(:func:`attempt_mac`); ids are consecutive, and the authenticated setting
+:data:`ATTEMPT_MARK` (whose creation is an entry of the event log) holds the retained range
+``first..last`` (ids below ``first`` were pruned, after :data:`ATTEMPT_RETENTION_S`) and the
+time of the last row (new rows are never stamped earlier, so times grow with ids). Counting
+checks that the table holds exactly the ids of the mark and authenticates every row of the
+window plus the last row before it, so a deleted, inserted or edited row that could change a
+decision is a :class:`~iom.service.errors.StoreError` (the caller refuses); :meth:`attempts`
+(the audit read) authenticates every retained row. A mark replayed from an earlier copy
+(together with the rows written since deleted) is detected by a process that saw the later
+mark, not by one started after it.
 
 Migrations: :data:`MIGRATIONS` is an ordered list ``[(version, [sql, ...]), ...]``; opening
 an older database applies the missing ones, each in its own transaction together with the
 update of ``schema_info``; a database newer than the code is refused. A new version is
-added by appending to the list (SQL may use ``{blob}`` and ``{id_pk}``, which each back end
-fills in for its dialect).
+added by appending to the list (SQL may use ``{blob}``, ``{id_pk}`` and ``{empty_blob}``, which
+each back end fills in for its dialect).
 """
 
 from __future__ import annotations
@@ -137,6 +159,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             seq BIGINT NOT NULL,
             mac {blob} NOT NULL)""",
     ]),
+    (3, [
+        # every attempt row authenticated (rows written before: an empty MAC until adopted)
+        "ALTER TABLE attempts ADD COLUMN mac {blob} NOT NULL DEFAULT {empty_blob}",
+    ]),
 ]
 
 # columns of a template row, in the order SELECTs return them and the checksum covers them
@@ -154,6 +180,18 @@ EVENT_OPS = ("enroll", "revoke", "reissue", "setting")
 _SETTING_DOMAIN = b"iomface.setting.v2\x00"
 #: attempts older than this are pruned when new ones are written
 ATTEMPT_RETENTION_S = 7 * 24 * 3600.0
+#: the reserved setting holding the attempt log's authenticated mark (:class:`AttemptMark`)
+ATTEMPT_MARK = "attempts.mark"
+#: columns of an attempt row, in the order SELECTs return them and its MAC covers them
+ATTEMPT_COLUMNS = ("attempt_id", "subject_id", "client", "op", "outcome", "at")
+_ATTEMPT_SELECT = f"SELECT {', '.join(ATTEMPT_COLUMNS)}, mac FROM attempts"
+_ATTEMPT_DOMAIN = b"iomface.attempt.v3\x00"
+#: the outcome of a reservation (:meth:`TemplateStore.reserve_attempt`) not yet resolved
+PENDING = "pending"
+#: how a reservation may be resolved (:meth:`TemplateStore.finish_attempt`)
+RESOLUTIONS = ("rejected", "accepted", "cancelled")
+#: outcomes that are not failures: neither counted against the limit nor listed for audit
+NOT_FAILURES = ("accepted", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -358,6 +396,61 @@ def event_mac(event: Event, previous_mac: bytes, key: bytes = PUBLIC_ROW_KEY) ->
     return h.digest()
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One row of the attempt log: a failed or refused attempt, or a reservation."""
+
+    attempt_id: int
+    subject_id: str
+    client: str
+    op: str
+    outcome: str
+    at: str
+
+    def row(self) -> tuple:
+        """The column values, in :data:`ATTEMPT_COLUMNS` order."""
+        return tuple(getattr(self, name) for name in ATTEMPT_COLUMNS)
+
+    def is_failure(self, subject_id: str, op: str, since: str) -> bool:
+        """Whether it counts against ``subject_id``'s limit of ``op`` from time ``since`` on."""
+        return (self.subject_id == subject_id and self.op == op and self.at >= since
+                and self.outcome not in NOT_FAILURES)
+
+
+def attempt_mac(attempt: Attempt, key: bytes = PUBLIC_ROW_KEY) -> bytes:
+    """HMAC-SHA256 under ``key`` over the canonical encoding of every column of an attempt
+    row (:data:`ATTEMPT_COLUMNS`, its id included), as :func:`record_checksum` for templates."""
+    h = hmac.new(key, _ATTEMPT_DOMAIN, hashlib.sha256)
+    h.update(len(ATTEMPT_COLUMNS).to_bytes(4, "big"))
+    for name, value in zip(ATTEMPT_COLUMNS, attempt.row()):
+        h.update(_encode_field(name))
+        h.update(_encode_field(value))
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class AttemptMark:
+    """The attempt log's high-water mark (kept in the setting :data:`ATTEMPT_MARK`): ids
+    ``first..last`` are retained (``first > last``: none), every id below ``first`` was pruned,
+    ``last_at`` is the latest row's time. ``seq``: the event-log entry that created the mark
+    (the setting's sequence number, not part of the value)."""
+
+    first: int
+    last: int
+    last_at: str
+    seq: int
+
+    def encode(self) -> bytes:
+        """The setting's value."""
+        return f"{self.first} {self.last} {self.last_at}".encode("ascii")
+
+    @classmethod
+    def decode(cls, value: bytes, seq: int) -> "AttemptMark":
+        """The mark of a setting value (``ValueError`` if malformed)."""
+        first, last, last_at = value.decode("ascii").split(" ")
+        return cls(int(first), int(last), last_at, seq)
+
+
 def utc_now(seconds_ago: float = 0.0) -> str:
     """The current UTC time (or ``seconds_ago`` before it), ISO-8601 with microseconds: the
     store's timestamp format, which sorts as text in time order."""
@@ -379,7 +472,7 @@ class TemplateStore(abc.ABC):
 
     #: migrations this class applies; ``None`` means the module's :data:`MIGRATIONS`
     migrations: ClassVar[Sequence[tuple[int, Sequence[str]]] | None] = None
-    #: DDL words that differ between dialects ({blob}, {id_pk})
+    #: DDL words that differ between dialects ({blob}, {id_pk}, {empty_blob})
     DDL: ClassVar[dict[str, str]] = {}
     #: the driver's base exception class
     DB_ERROR: ClassVar[type[BaseException]] = Exception
@@ -399,6 +492,8 @@ class TemplateStore(abc.ABC):
         self._pending: tuple[tuple[int, bytes], set[int]] | None = None
         self._synced = False
         self._migrating = False
+        # the latest attempt-log mark this object read: a later one may not lie behind it
+        self._attempts_seen: AttemptMark | None = None
 
     # ------------------------------------------------------------ authentication
     def authenticate(self, row_key: bytes, witness: str | Path | None = None) -> None:
@@ -846,6 +941,8 @@ class TemplateStore(abc.ABC):
     def put_setting(self, name: str, value: bytes) -> None:
         """Set a setting (one transaction; the change is logged)."""
         name = _check_text(name, "setting name")
+        if name == ATTEMPT_MARK:
+            raise InvalidInputError(f"setting name {name!r} is reserved for the attempt log")
         with self._transaction(write=True, lock_keys=[name]):
             self._append_event(name, "setting", (), ())
             seq = self._pending[0][0]
@@ -853,30 +950,190 @@ class TemplateStore(abc.ABC):
             self._exec("INSERT INTO settings (name, value, seq, mac) VALUES (?, ?, ?, ?)",
                        (name, bytes(value), seq, self._setting_mac(name, bytes(value), seq)))
 
-    # ------------------------------------------------------------ attempts (audit)
+    # ------------------------------------------------------------ attempts (the failure lock)
     def record_attempt(self, subject_id: str, client: str, op: str, outcome: str) -> None:
         """Log a failed or refused attempt (one transaction); attempts older than
         :data:`ATTEMPT_RETENTION_S` are pruned on the way."""
         subject_id = check_subject_id(subject_id) if subject_id else ""
-        client = str(client)[:MAX_ID_CHARS]
         with self._transaction(write=True, lock_keys=[subject_id]):
-            self._exec("INSERT INTO attempts (subject_id, client, op, outcome, at) VALUES (?, ?, ?, ?, ?)",
-                       (subject_id, client, op, outcome, utc_now()))
-            self._exec("DELETE FROM attempts WHERE at < ?", (utc_now(ATTEMPT_RETENTION_S),))
+            self._append_attempt(subject_id, str(client)[:MAX_ID_CHARS], op, outcome)
+
+    def reserve_attempt(self, subject_id: str, client: str, op: str, window_s: float,
+                        limit: int) -> int | None:
+        """Count the subject's failures and pending reservations of ``op`` in the last
+        ``window_s`` seconds and, if fewer than ``limit``, add a ``pending`` attempt: its id
+        (resolve it with :meth:`finish_attempt`); ``None`` at the limit. One write transaction,
+        serialised with every other writer, so concurrent callers never exceed ``limit``
+        together. A tampered attempt log is a :class:`StoreError` (nothing reserved)."""
+        subject_id = check_subject_id(subject_id) if subject_id else ""
+        with self._transaction(write=True, lock_keys=[subject_id]):
+            if self._failures(subject_id, op, window_s) >= limit:
+                return None
+            return self._append_attempt(subject_id, str(client)[:MAX_ID_CHARS], op, PENDING)
+
+    def finish_attempt(self, subject_id: str, attempt_id: int, outcome: str) -> None:
+        """Resolve the pending reservation ``attempt_id`` of the subject (one transaction):
+        ``"rejected"`` keeps it a failure, ``"accepted"`` and ``"cancelled"`` (an error before
+        any decision) stop it counting. A reservation that is missing, forged, of another
+        subject or already resolved is a :class:`StoreError`."""
+        if outcome not in RESOLUTIONS:
+            raise InvalidInputError(f"outcome must be one of {RESOLUTIONS}, got {outcome!r:.80}")
+        subject_id = check_subject_id(subject_id) if subject_id else ""
+        with self._transaction(write=True, lock_keys=[subject_id]):
+            rows = self._exec(f"{_ATTEMPT_SELECT} WHERE attempt_id = ?", (int(attempt_id),))
+            if not rows:
+                raise StoreError(f"{self.location()}: reservation {attempt_id} is missing from the attempt log")
+            attempt = self._attempt_from_row(rows[0])
+            if attempt.subject_id != subject_id or attempt.outcome != PENDING:
+                raise StoreError(f"{self.location()}: attempt {attempt_id} is not a pending reservation of "
+                                 f"{subject_id!r} (it is {attempt.outcome!r}, of {attempt.subject_id!r})")
+            resolved = dataclasses.replace(attempt, outcome=outcome)
+            self._exec("UPDATE attempts SET outcome = ?, mac = ? WHERE attempt_id = ?",
+                       (outcome, attempt_mac(resolved, self._row_key), resolved.attempt_id))
 
     def count_attempts(self, subject_id: str, op: str, window_s: float) -> int:
-        """Attempts of ``op`` on the subject logged in the last ``window_s`` seconds."""
+        """Failed, refused and pending attempts of ``op`` on the subject in the last
+        ``window_s`` seconds (authenticated: a tampered attempt log is a :class:`StoreError`)."""
         subject_id = check_subject_id(subject_id) if subject_id else ""
         with self._transaction(write=False):
-            rows = self._exec("SELECT COUNT(*) FROM attempts WHERE subject_id = ? AND op = ? AND at >= ?",
-                              (subject_id, op, utc_now(window_s)))
-        return int(rows[0][0])
+            return self._failures(subject_id, op, window_s)
 
     def attempts(self) -> list[tuple[str, str, str, str, str]]:
-        """Every logged attempt: (at, subject_id, client, op, outcome), oldest first (audit)."""
+        """Every logged attempt but accepted and cancelled reservations: (at, subject_id,
+        client, op, outcome), oldest first (audit; every retained row authenticated)."""
         with self._transaction(write=False):
-            rows = self._exec("SELECT at, subject_id, client, op, outcome FROM attempts ORDER BY attempt_id")
-        return [tuple(r) for r in rows]
+            log = self._attempt_log(since=None)
+        return [(a.at, a.subject_id, a.client, a.op, a.outcome) for a in log if a.outcome not in NOT_FAILURES]
+
+    def _failures(self, subject_id: str, op: str, window_s: float) -> int:
+        """What counts against the subject's limit of ``op`` now (inside a transaction)."""
+        since = utc_now(window_s)
+        return sum(a.is_failure(subject_id, op, since) for a in self._attempt_log(since))
+
+    def _attempt_log(self, since: str | None) -> list[Attempt]:
+        """The attempts of time ``since`` on (``None``: all), authenticated, by id; with
+        ``since``, also the last one before it (which proves that no later row was moved
+        out of the window). Before the first attempt under version 3: the old rows as they are."""
+        mark = self._read_attempt_mark()
+        if mark is None:
+            return self._legacy_attempts()
+        self._check_attempt_range(mark)
+        start = mark.first
+        if since is not None:
+            rows = self._exec("SELECT attempt_id FROM attempts WHERE at < ? ORDER BY attempt_id DESC LIMIT 1",
+                              (since,))
+            start = max(start, int(rows[0][0])) if rows else start
+        rows = self._exec(f"{_ATTEMPT_SELECT} WHERE attempt_id >= ? ORDER BY attempt_id", (start,))
+        return [self._attempt_from_row(r) for r in rows]
+
+    def _legacy_attempts(self) -> list[Attempt]:
+        """The rows of a log without a mark: written before version 3, so without a MAC;
+        a row with one is a :class:`StoreError` (its mark was removed)."""
+        rows = self._exec(f"{_ATTEMPT_SELECT} ORDER BY attempt_id")
+        if any(bytes(r[-1]) for r in rows):
+            raise StoreError(f"{self.location()}: the attempt log has authenticated rows but no mark: "
+                             "its mark was removed")
+        return [Attempt(int(r[0]), *r[1:-1]) for r in rows]
+
+    def _attempt_from_row(self, row: Sequence[Any]) -> Attempt:
+        """An attempt from an ``_ATTEMPT_SELECT`` row, after checking its MAC."""
+        attempt = Attempt(int(row[0]), *row[1:-1])
+        try:
+            ok = hmac.compare_digest(attempt_mac(attempt, self._row_key), bytes(row[-1]))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise StoreError(f"{self.location()}: attempt {attempt.attempt_id} of the attempt log is corrupt "
+                             "or forged (its MAC does not match)")
+        return attempt
+
+    def _check_attempt_range(self, mark: AttemptMark) -> None:
+        """The table must hold exactly the ids ``mark.first..mark.last`` (ids are unique, so a
+        matching count, minimum and maximum mean each once); otherwise rows were deleted
+        or inserted: :class:`StoreError`."""
+        (count, low, high), = self._exec("SELECT COUNT(*), MIN(attempt_id), MAX(attempt_id) FROM attempts")
+        have = (int(count), None if low is None else int(low), None if high is None else int(high))
+        want = (mark.last - mark.first + 1, mark.first, mark.last) if mark.last >= mark.first else (0, None, None)
+        if have != want:
+            raise StoreError(f"{self.location()}: the attempt log holds {have[0]} rows (ids {have[1]}..{have[2]}) "
+                             f"where its mark says {want[0]} (ids {mark.first}..{mark.last}): attempt rows "
+                             "were deleted or inserted")
+
+    def _read_attempt_mark(self) -> AttemptMark | None:
+        """The attempt log's authenticated mark (inside a transaction); ``None`` if no
+        attempt was written under version 3 yet. A mark that is missing although the event
+        log created it (or this object saw it), fails its MAC, or lies behind one this
+        object saw (an earlier copy replayed) is a :class:`StoreError`."""
+        rows = self._exec("SELECT value, seq, mac FROM settings WHERE name = ?", (ATTEMPT_MARK,))
+        created = self._exec("SELECT MAX(seq) FROM events WHERE op = 'setting' AND subject_id = ?",
+                             (ATTEMPT_MARK,))[0][0]
+        if not rows:
+            if created is not None or self._attempts_seen is not None:
+                raise StoreError(f"{self.location()}: the mark of the attempt log (created by event log entry "
+                                 f"{created}) is missing: the attempt log was tampered with")
+            return None
+        value, seq, mac = bytes(rows[0][0]), int(rows[0][1]), bytes(rows[0][2])
+        try:
+            ok = seq == created and hmac.compare_digest(self._setting_mac(ATTEMPT_MARK, value, seq), mac)
+            mark = AttemptMark.decode(value, seq) if ok else None
+        except ValueError:
+            mark = None
+        if mark is None:
+            raise StoreError(f"{self.location()}: the mark of the attempt log fails authentication (forged or edited)")
+        self._note_attempt_mark(mark)
+        return mark
+
+    def _note_attempt_mark(self, mark: AttemptMark) -> None:
+        """Remember the mark; one behind the last seen means the log was rolled back."""
+        seen = self._attempts_seen
+        if seen is not None and (mark.last < seen.last or mark.first < seen.first):
+            raise StoreError(f"{self.location()}: the attempt log was rolled back (its mark says ids "
+                             f"{mark.first}..{mark.last}, this process saw {seen.first}..{seen.last})")
+        self._attempts_seen = mark
+
+    def _write_attempt_mark(self, mark: AttemptMark) -> None:
+        """Store the mark, authenticated as the setting :data:`ATTEMPT_MARK` of entry ``mark.seq``."""
+        value = mark.encode()
+        self._exec("DELETE FROM settings WHERE name = ?", (ATTEMPT_MARK,))
+        self._exec("INSERT INTO settings (name, value, seq, mac) VALUES (?, ?, ?, ?)",
+                   (ATTEMPT_MARK, value, mark.seq, self._setting_mac(ATTEMPT_MARK, value, mark.seq)))
+
+    def _insert_attempt(self, attempt: Attempt) -> None:
+        self._exec("INSERT INTO attempts (attempt_id, subject_id, client, op, outcome, at, mac) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (*attempt.row(), attempt_mac(attempt, self._row_key)))
+
+    def _append_attempt(self, subject_id: str, client: str, op: str, outcome: str) -> int:
+        """Add an attempt under the next id, never stamped before the previous one, prune the
+        expired ones and move the mark (inside a write transaction); its id."""
+        mark = self._read_attempt_mark() or self._start_attempt_log()
+        attempt = Attempt(mark.last + 1, subject_id, client, op, outcome, max(utc_now(), mark.last_at))
+        self._insert_attempt(attempt)
+        mark = dataclasses.replace(mark, last=attempt.attempt_id, last_at=attempt.at)
+        self._write_attempt_mark(self._prune_attempts(mark))
+        return attempt.attempt_id
+
+    def _start_attempt_log(self) -> AttemptMark:
+        """Create the mark at the first attempt under version 3 (inside a write transaction):
+        older rows are renumbered 1..n in time order and authenticated, and the creation is
+        logged in the event log, so that a later removal of the mark is evident."""
+        legacy = sorted(self._legacy_attempts(), key=lambda a: (a.at, a.attempt_id))
+        self._exec("DELETE FROM attempts")
+        for new_id, attempt in enumerate(legacy, 1):
+            self._insert_attempt(dataclasses.replace(attempt, attempt_id=new_id))
+        self._append_event(ATTEMPT_MARK, "setting", (), ())
+        return AttemptMark(1, len(legacy), max((a.at for a in legacy), default=""), self._pending[0][0])
+
+    def _prune_attempts(self, mark: AttemptMark) -> AttemptMark:
+        """Delete the attempts up to the last one older than :data:`ATTEMPT_RETENTION_S`, after
+        authenticating it (so rows cannot be aged by editing them to be pruned); the mark
+        with ``first`` moved past it."""
+        rows = self._exec(f"{_ATTEMPT_SELECT} WHERE at < ? ORDER BY attempt_id DESC LIMIT 1",
+                          (utc_now(ATTEMPT_RETENTION_S),))
+        if not rows:
+            return mark
+        boundary = self._attempt_from_row(rows[0])
+        self._exec("DELETE FROM attempts WHERE attempt_id <= ?", (boundary.attempt_id,))
+        return dataclasses.replace(mark, first=max(mark.first, boundary.attempt_id + 1))
 
     def subjects(self, include_revoked: bool = False) -> list[str]:
         """Subjects with an active template (or with any template), sorted."""
