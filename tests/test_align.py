@@ -274,6 +274,30 @@ def test_lfw_landmarks_match_the_reference(lfw, lfw_batch):
 
 
 @needs_mtcnn
+def test_a_large_photo_is_searched_at_a_bounded_size_and_warped_at_full_size(lfw, monkeypatch):
+    """max_detect_pixels: a 4x-upscaled LFW photo (1000x1000) is searched at 250,000 pixels at
+    most; the landmarks, mapped back, are the reference ones scaled by 4 (within 2 px of the
+    250x250 photo's), and the crop is warped from the full image."""
+    seen = []
+    capped = FaceAligner(max_detect_pixels=250_000)
+    real = capped._detect_same_size
+    monkeypatch.setattr(capped, "_detect_same_size",
+                        lambda images, plan: seen.append(images[0].shape[:2]) or real(images, plan))
+    for name, image in list(zip(lfw["names"], lfw["images"]))[:6]:
+        big = cv2.resize(image, (1000, 1000), interpolation=cv2.INTER_CUBIC)
+        face = capped.align(big)[0]
+        assert seen[-1][0] * seen[-1][1] <= 250_000
+        reference = parse_landmarks(lfw["manifest"][name][2])
+        error = float(np.linalg.norm((face.landmarks + 0.5) / 4 - 0.5 - reference, axis=1).mean())
+        assert error < 2.0, (name, error)
+        np.testing.assert_array_equal(face.image, warp_face(big, face.landmarks))
+    small = FaceAligner(max_detect_pixels=250_000)
+    assert small._reduction(250, 250) == 1.0 and small._reduction(1000, 1000) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="max_detect_pixels"):
+        FaceAligner(max_detect_pixels=10)
+
+
+@needs_mtcnn
 def test_our_warp_reproduces_the_reference_crops(lfw):
     """Warping the reference landmarks with warp_face gives the reference crop within 2 grey
     levels (mean absolute difference; JPEG noise is about 1). The reference crops were made with

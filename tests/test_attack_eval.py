@@ -95,3 +95,11 @@ def test_relabelling_recovery_is_exact():
     assert np.array_equal(order, keying.group_order) and np.array_equal(tables, keying.tables)
     other = rng.integers(0, Q, (5, M))
     assert np.array_equal(unkey(keying.apply(other), order, tables), other)
+
+
+def test_boundary_walk_with_device_codes(results):
+    before, after = results["deep"]["before"]["boundary_walk"], results["deep"]["after"]["boundary_walk"]
+    assert before["universal_agreement"] == 1.0 and before["templates_recovered"] == 1.0
+    assert after["universal_agreement"] < 0.3 and after["templates_recovered"] == 0.0      # chance 1/8
+    assert after["queries_answered"] <= 8 < before["queries_answered"]
+    assert "skipped" in results["random"]["after"]["boundary_walk"]                         # no public code

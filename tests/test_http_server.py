@@ -4,7 +4,7 @@ loopback port, driven by httpx, on SQLite and on PostgreSQL.
 One server per store (module scope: the model loads once each); every test takes fresh API
 keys and subject names, so the per-key and per-subject limits of one test do not touch
 another. The SQLite server runs with ``--admin_scores`` (similarities to admin keys) and
-``--device_codes`` (un-keyed codes in place of photos), the PostgreSQL one with neither. Faces are LFW crops from ../shared/data (aligned=true);
+``--device_codes`` (device-keyed codes in place of photos), the PostgreSQL one with neither. Faces are LFW crops from ../shared/data (aligned=true);
 one test sends a raw photo through MTCNN.
 """
 
@@ -23,6 +23,7 @@ from tests.conftest import shared_data
 from tests.pg_server import postgres_server, unavailable_reason
 
 httpx = pytest.importorskip("httpx")
+REPO = Path(__file__).resolve().parents[1]
 
 TOKEN = "correct-horse-battery-staple"
 OPTIONS = ["--max_photo_bytes", "300000", "--max_megapixels", "4", "--max_photos", "3",
@@ -71,8 +72,8 @@ def server(request, tmp_path_factory):
 class Api:
     """A thin client: one key, JSON answers."""
 
-    def __init__(self, server, key: str | None):
-        self.server = server
+    def __init__(self, server, key: str | None, name: str | None = None):
+        self.server, self.name = server, name
         headers = {} if key is None else {"Authorization": f"Bearer {key}"}
         self.http = httpx.Client(base_url=server.url, headers=headers, timeout=120.0)
 
@@ -100,14 +101,19 @@ class Api:
         return self.http.delete(f"/v1/subjects/{subject}", params=params)
 
 
+def _keyed_api(server, role: str) -> "Api":
+    name = f"{role}-{next(_names)}"
+    return Api(server, server.add_key(name, role), name)
+
+
 @pytest.fixture
 def admin(server):
-    return Api(server, server.add_key(f"admin-{next(_names)}", "admin"))
+    return _keyed_api(server, "admin")
 
 
 @pytest.fixture
 def client(server):
-    return Api(server, server.add_key(f"client-{next(_names)}", "client"))
+    return _keyed_api(server, "client")
 
 
 def subject() -> str:
@@ -148,8 +154,8 @@ def test_enrol_verify_identify(server, admin, client, faces):
                                                        {"id": r.json()["templates"][1]["id"], "purpose": "identify"}]}
     assert admin.enrol(bob, faces["Hans_Blix"][:2]).status_code == 201
     genuine = client.verify(alice, faces["Bill_Simon"][3])
-    assert genuine.status_code == 200 and genuine.json()["accepted"] is True
-    point = genuine.json()["operating_point"]
+    assert genuine.status_code == 200 and genuine.json() == {"subject": alice, "accepted": True}
+    point = admin.verify(alice, faces["Bill_Simon"][3]).json()["operating_point"]   # administrators only
     assert point["far_target"] == 1e-3 and 0 < point["threshold"] < 1
     assert client.verify(alice, faces["Bill_Simon"][3], token="wrong-horse-battery-staple").json()["accepted"] is False
     assert client.verify(alice, faces["Hans_Blix"][3]).json()["accepted"] is False
@@ -157,7 +163,9 @@ def test_enrol_verify_identify(server, admin, client, faces):
     assert unknown.status_code == 200 and unknown.json()["accepted"] is False
     found = client.identify(faces["Hans_Blix"][3], top_k=3)
     assert found.status_code == 200
-    assert found.json()["candidates"][0] == {"subject": bob, "rank": 1}
+    assert found.json() == {"candidates": [{"subject": bob, "rank": 1}]}   # no gallery size, no threshold
+    seen = admin.identify(faces["Hans_Blix"][3], top_k=3).json()["operating_point"]
+    assert seen["gallery_size"] >= 2 and 0 < seen["threshold"] <= 1
     assert all(no_scores(r.json()) for r in (genuine, found))
     listed = admin.http.get("/v1/subjects").json()["subjects"]
     assert {alice, bob} <= set(listed)
@@ -166,15 +174,18 @@ def test_enrol_verify_identify(server, admin, client, faces):
     assert "code" not in json.dumps(shown) and "salt" not in json.dumps(shown)
 
 
-def test_compare_two_photos(server, client, faces):
-    def compare(a, b):
-        return client.http.post("/v1/compare", data={"aligned": "true"},
-                                files={"photo_a": ("a.jpg", a, "image/jpeg"), "photo_b": ("b.jpg", b, "image/jpeg")})
+def test_compare_two_photos(server, admin, client, faces):
+    def compare(a, b, api=client):
+        return api.http.post("/v1/compare", data={"aligned": "true"},
+                             files={"photo_a": ("a.jpg", a, "image/jpeg"), "photo_b": ("b.jpg", b, "image/jpeg")})
 
     same, other = compare(*faces["Hans_Blix"][:2]), compare(faces["Hans_Blix"][0], faces["Bill_Simon"][0])
     assert same.json()["accepted"] is True and other.json()["accepted"] is False
     assert same.json()["similarity"] > other.json()["similarity"]
-    assert same.json()["operating_point"]["threshold"] == pytest.approx(0.3046875)
+    assert "operating_point" not in same.json()                     # the threshold: administrators only
+    shipped = json.loads((REPO / "models" / "iom_mobilefacenet_ms1m_512x8" / "calibration.json").read_text())
+    seen = compare(*faces["Hans_Blix"][:2], api=admin).json()["operating_point"]
+    assert seen["threshold"] == pytest.approx(shipped["threshold"])
     assert error(client.http.post("/v1/compare", files={"photo_a": ("a.jpg", faces["Hans_Blix"][0])}), 400)
 
 
@@ -266,29 +277,42 @@ def test_similarities_only_to_admins_and_only_when_enabled(server, admin, client
 
 
 def test_device_codes_instead_of_photos(server, admin, client):
-    """A device running the exported model sends its un-keyed code (only with --device_codes)."""
+    """A device running the exported model sends its code relabelled with the key provisioned for
+    its API key's name (only with --device_codes); the un-keyed code is not taken as such."""
     import numpy as np
+
+    from iom.export.reference import relabel
+    from iom.service.template_keys import device_key_material
+
+    secret = (server.folder / "app.secret").read_bytes().strip()
+
+    def keyed(c, device):                                            # what the device sends
+        return relabel(c[None], device_key_material(secret, device), 512, 8)[0]
 
     code = np.random.default_rng(next(_names)).integers(0, 8, 512)
     far = code.copy()
     far[:400] = (far[:400] + 1) % 8                                  # 22% of the groups agree
     text = lambda c: ",".join(str(int(v)) for v in c)                # noqa: E731
     name = subject()
-    r = admin.http.post(f"/v1/subjects/{name}", data={"token": TOKEN, "code": text(code)})
+    r = admin.http.post(f"/v1/subjects/{name}", data={"token": TOKEN, "code": text(keyed(code, admin.name))})
     if not server.device_codes:
         assert "device codes" in error(r, 403)["message"]
         return
     assert r.status_code == 201, r.text
 
-    def verify(c):
-        return client.http.post(f"/v1/subjects/{name}/verify", data={"token": TOKEN, "code": c})
+    def verify(c, who=name):
+        return client.http.post(f"/v1/subjects/{who}/verify", data={"token": TOKEN, "code": c})
 
-    assert verify(text(code)).json()["accepted"] is True and verify(text(far)).json()["accepted"] is False
-    found = client.http.post("/v1/identify", data={"code": text(code)}).json()["candidates"]
+    assert verify(text(keyed(code, client.name))).json()["accepted"] is True
+    assert verify(text(keyed(far, client.name))).json()["accepted"] is False
+    assert verify(text(code)).json()["accepted"] is False           # the universal code stands for no one
+    assert verify(text(keyed(code, admin.name))).json()["accepted"] is False   # nor another device's
+    found = client.http.post("/v1/identify", data={"code": text(keyed(code, client.name))}).json()["candidates"]
     assert found[0] == {"subject": name, "rank": 1}
-    assert "512 integers" in error(verify(text(code[:10])), 422)["message"]
-    assert error(verify("1,2,x"), 422) and error(verify(text(code) + ",8"), 422)
-    assert "not both" in error(client.http.post(f"/v1/subjects/{name}/verify", data={"token": TOKEN, "code": text(code)},
+    other = subject()                                                # the per-subject limit is 6 a minute here
+    assert "512 integers" in error(verify(text(code[:10]), other), 422)["message"]
+    assert error(verify("1,2,x", other), 422) and error(verify(text(code) + ",8", other), 422)
+    assert "not both" in error(client.http.post(f"/v1/subjects/{other}/verify", data={"token": TOKEN, "code": text(code)},
                                                 files={"photo": ("p.jpg", b"x")}), 422)["message"]
 
 
@@ -405,6 +429,16 @@ def test_rate_limits_per_key_and_per_subject(server, admin, faces):
 
 
 # ---------------------------------------------------------------------------- logs
+def test_a_forwarded_for_header_from_an_untrusted_peer_is_ignored(server, admin):
+    """Without --forwarded_allow_ips no proxy is trusted: a caller cannot name its own address."""
+    r = admin.http.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    assert r.status_code == 200
+    records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    mine = [x for x in records if x.get("request_id") == r.headers["x-request-id"]]
+    assert mine and mine[-1]["peer"] == "127.0.0.1"
+    assert "203.0.113.9" not in "\n".join(server.log_lines())
+
+
 def test_logs_are_json_without_tokens_keys_or_photos(server, admin, client, faces):
     name = subject()
     secret_token = "never-log-this-token-7f3a9c"

@@ -557,32 +557,46 @@ def test_stored_administrator_credential(tmp_path, hasher):
 
 # ---------------------------------------------------------------------------- device codes
 def test_device_codes_stand_for_the_faces_they_come_from(tmp_path, hasher):
-    """A device running the exported model sends the un-keyed code instead of a photo: the
-    service keys it exactly as it keys the embedding the code came from."""
+    """A device running the exported model sends its code, relabelled with the key it was
+    provisioned with, instead of a photo: the service inverts the device's key and keys the code
+    exactly as it keys the embedding the code came from. The un-keyed code itself (the same for
+    every deployment) is not accepted as such, nor a code keyed for another device."""
+    from iom.hashing.keying import CodeKeying
     from iom.service.errors import InvalidInputError, PolicyError
+    from iom.service.template_keys import device_key
 
     service = make_service(tmp_path / "c.db", hasher, allow_codes=True)
     x = enroll_people(service, 3)                                   # enrolled from embeddings
-    code = lambda e: hasher.codes(e[None] / np.linalg.norm(e))[0]   # noqa: E731 - what the device computes
+    door = CodeKeying(device_key(SECRET, "door"), service.m, service.q)
+
+    def code(e, keying=door):                                       # what the device computes and sends
+        return keying.apply(hasher.codes(e[None] / np.linalg.norm(e)))[0]
+
     for i in range(3):
         by_embedding = service.verify(f"s{i}", user_token=f"token-{i}-secret", embedding=x[i, 2])
-        by_code = service.verify(f"s{i}", user_token=f"token-{i}-secret", code=code(x[i, 2]))
+        by_code = service.verify(f"s{i}", user_token=f"token-{i}-secret", code=code(x[i, 2]), client="door")
         assert by_code == by_embedding
-    assert not service.verify("s0", user_token="token-0-secret", code=code(x[1, 2])).accepted
-    assert [c.subject_id for c in service.identify(code=code(x[2, 2]))][:1] == ["s2"]
+    assert not service.verify("s0", user_token="token-0-secret", code=code(x[1, 2]), client="door").accepted
+    assert [c.subject_id for c in service.identify(code=code(x[2, 2]), client="door")][:1] == ["s2"]
+    # the universal (un-keyed) code, or one keyed for another device, stands for nobody
+    universal = hasher.codes(x[2, 2][None] / np.linalg.norm(x[2, 2]))[0]
+    assert not service.verify("s2", user_token="token-2-secret", code=universal, client="door").accepted
+    assert not service.verify("s2", user_token="token-2-secret", code=code(x[2, 2]), client="gate").accepted
     # enrolled from a device code: verified by a photo's embedding, identified by a code
-    service.enroll("d0", code=code(x[0, :2].mean(0)), user_token="token-d0-secret")
+    service.enroll("d0", code=code(x[0, :2].mean(0)), user_token="token-d0-secret", device="door")
     assert service.verify("d0", user_token="token-d0-secret", embedding=x[0, 2]).accepted
+    with pytest.raises(InvalidInputError, match="name of the device"):
+        service.enroll("d2", code=code(x[0, 2]), user_token="token-d2-secret")
     with pytest.raises(InvalidInputError, match="integers"):
-        service.verify("s0", user_token="token-0-secret", code=[0.5] * service.m)
+        service.verify("s0", user_token="token-0-secret", code=[0.5] * service.m, client="door")
     with pytest.raises(InvalidInputError, match=r"\[0, 8\)"):
-        service.verify("s0", user_token="token-0-secret", code=[8] * service.m)
+        service.verify("s0", user_token="token-0-secret", code=[8] * service.m, client="door")
     with pytest.raises(InvalidInputError, match="integers"):
-        service.enroll("d1", code=[1, 2, 3], user_token="token-d1-secret")
+        service.enroll("d1", code=[1, 2, 3], user_token="token-d1-secret", device="door")
     with pytest.raises(InvalidInputError, match="not several"):
-        service.verify("s0", user_token="token-0-secret", embedding=x[0, 2], code=code(x[0, 2]))
+        service.verify("s0", user_token="token-0-secret", embedding=x[0, 2], code=code(x[0, 2]), client="door")
     service.store.close()
     strict = make_service(tmp_path / "d.db", hasher)                # the default policy refuses codes
     with pytest.raises(PolicyError, match="device codes"):
-        strict.identify(code=code(x[0, 2]))
+        strict.identify(code=code(x[0, 2]), client="door")
     strict.store.close()

@@ -79,6 +79,102 @@ def test_a_key_file_broken_while_serving_keeps_the_last_good_keys(tmp_path):
     assert ring.authenticate(key).name == "desk" and len(said) == 1 and "invalid JSON" in said[0]
 
 
+def test_removing_the_key_file_revokes_every_key_until_it_is_back(tmp_path):
+    from iom.server.api_keys import KeyRing, add_key
+
+    path = tmp_path / "keys.json"
+    key = add_key(str(path), "desk", "admin")
+    said = []
+    ring = KeyRing(str(path), on_error=said.append)
+    assert ring.authenticate(key).name == "desk"
+    saved = path.read_bytes()
+    path.unlink()
+    assert ring.authenticate(key) is None and len(said) == 1 and "every key is revoked" in said[0]
+    assert ring.authenticate(key) is None and len(said) == 1            # said once
+    path.write_bytes(saved)
+    path.chmod(0o600)
+    assert ring.authenticate(key).name == "desk"                         # back with the file
+
+
+def test_proxy_headers_are_trusted_only_from_the_proxies_named():
+    import argparse
+
+    from iom.server.serve import trusted_proxies, uvicorn_options
+    from iom.service.errors import InvalidInputError
+
+    assert trusted_proxies("") == []
+    assert trusted_proxies(" 10.0.0.5, 192.168.1.0/24 ") == ["10.0.0.5", "192.168.1.0/24"]
+    with pytest.raises(InvalidInputError, match="not an IP address"):
+        trusted_proxies("proxy.example")
+    base = dict(host="127.0.0.1", port=8080, tls_cert=None, tls_key=None)
+    off = uvicorn_options(argparse.Namespace(**base, forwarded_allow_ips=""))
+    assert off["proxy_headers"] is False and off["forwarded_allow_ips"] is None   # uvicorn's default trusts 127.0.0.1
+    on = uvicorn_options(argparse.Namespace(**base, forwarded_allow_ips="10.0.0.5"))
+    assert on["proxy_headers"] is True and on["forwarded_allow_ips"] == "10.0.0.5"
+
+
+class _SlowAligner:
+    """A stand-in FaceAligner: takes ``seconds`` a photo and counts how many run at once."""
+
+    running = peak = 0
+    lock = None
+
+    def __init__(self, seconds, **kwargs):
+        self.seconds = seconds
+
+    def align(self, photo):
+        import time
+        from types import SimpleNamespace
+
+        with _SlowAligner.lock:
+            _SlowAligner.running += 1
+            _SlowAligner.peak = max(_SlowAligner.peak, _SlowAligner.running)
+        time.sleep(self.seconds)
+        with _SlowAligner.lock:
+            _SlowAligner.running -= 1
+        return [SimpleNamespace(image=photo)]
+
+
+@pytest.mark.parametrize("detectors", [1, 2])
+def test_photo_alignment_runs_in_parallel_but_one_at_a_time_per_key(monkeypatch, detectors):
+    import threading
+    import time
+
+    import arcface.align
+    import arcface.align.detector
+    from iom.server.uploads import PhotoAligner
+    from iom.service.errors import RateLimitedError
+
+    _SlowAligner.running = _SlowAligner.peak = 0
+    _SlowAligner.lock = threading.Lock()
+    monkeypatch.setattr(arcface.align, "FaceAligner", lambda **kw: _SlowAligner(0.3, **kw))
+    monkeypatch.setattr(arcface.align.detector, "new_detector", lambda: object())
+    aligner = PhotoAligner(112, detectors=detectors)
+    results, errors = {}, {}
+
+    def call(name, client):
+        try:
+            results[name] = aligner([b"photo-" + name.encode()], aligned=False, client=client)
+        except RateLimitedError as e:
+            errors[name] = e
+
+    threads = [threading.Thread(target=call, args=(n, c)) for n, c in
+               (("a1", "alice"), ("b1", "bob"), ("a2", "alice"))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - start
+    assert set(errors) == {"a2"} and errors["a2"].retry_after == 1.0     # alice's second, while her first runs
+    assert results == {"a1": [b"photo-a1"], "b1": [b"photo-b1"]}
+    assert _SlowAligner.peak == detectors                                  # bob does not wait behind alice...
+    assert (took < 0.55) if detectors == 2 else (took > 0.55)             # ...unless there is one detector
+    assert aligner([b"x"], aligned=False, client="alice") == [b"x"]      # free again afterwards
+    assert aligner([b"crop"], aligned=True, client="alice") == [b"crop"]  # aligned crops pass through
+
+
 # ---------------------------------------------------------------------------- errors and limits
 def test_typed_errors_map_to_statuses():
     from arcface.errors import FaceTooSmallError, ImageDecodeError, ImageTooLargeError, NoFaceError

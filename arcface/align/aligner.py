@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -78,6 +79,19 @@ def _order_landmarks(points: np.ndarray) -> np.ndarray:
     return points
 
 
+def _to_pixels_of(rows: np.ndarray, seen: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
+    """Detection rows in pixels of an image resized from ``original`` to ``seen`` (h, w), mapped
+    back to the original's pixels (pixel centres at integer coordinates)."""
+    if seen == original:
+        return rows
+    rows = rows.copy()
+    sy, sx = seen[0] / original[0], seen[1] / original[1]
+    xs, ys = [0, 2, 5, 6, 7, 8, 9], [1, 3, 10, 11, 12, 13, 14]
+    rows[:, xs] = (rows[:, xs] + 0.5) / sx - 0.5
+    rows[:, ys] = (rows[:, ys] + 0.5) / sy - 0.5
+    return rows
+
+
 class FaceAligner:
     """MTCNN detection + five-point similarity alignment to :data:`ARCFACE_TEMPLATE`.
 
@@ -90,10 +104,18 @@ class FaceAligner:
         select: ``"center"``, ``"largest"`` or ``"all"`` (see the module docstring).
         size: side of the aligned crops (the template is scaled by ``size / 112``).
         batch_size: most images per detector call (fewer for large images).
+        max_detect_pixels: an image of more pixels is searched at a reduced size of about this
+            many (its landmarks mapped back, the crop warped from the full image), which bounds
+            the detector's work whatever the photo's size; faces then need ``min_face_size``
+            pixels at the reduced size. ``None``: always the full image.
+        detector: an MTCNN detector of this aligner's own (:func:`~arcface.align.detector.new_detector`),
+            used under a lock of its own; default the process's shared one under
+            :data:`~arcface.align.detector.DETECTOR_LOCK`.
     """
 
     def __init__(self, min_face_size: float = 20, min_confidence: float = 0.9, select: str = "center",
-                 size: int = 112, batch_size: int = 32):
+                 size: int = 112, batch_size: int = 32, max_detect_pixels: int | None = None,
+                 detector=None):
         if not (isinstance(min_face_size, numbers.Real) and 4 <= min_face_size < math.inf):
             # under 4 px the image would be upscaled more than 5 times for the detector
             raise ValueError(f"min_face_size must be a number >= 4 (pixels), got {min_face_size!r}")
@@ -105,15 +127,21 @@ class FaceAligner:
             raise ValueError(f"size must be positive, got {size!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+        if max_detect_pixels is not None and int(max_detect_pixels) < PNET_WINDOW ** 2:
+            raise ValueError(f"max_detect_pixels must be at least {PNET_WINDOW ** 2}, got {max_detect_pixels!r}")
         self.min_face_size = float(min_face_size)
         self.min_confidence = float(min_confidence)
         self.select = select
         self.size = int(size)
         self.batch_size = int(batch_size)
+        self.max_detect_pixels = None if max_detect_pixels is None else int(max_detect_pixels)
+        self._detector = detector
+        self._detector_lock = DETECTOR_LOCK if detector is None else threading.Lock()
 
     def config(self) -> dict:
         return dict(min_face_size=self.min_face_size, min_confidence=self.min_confidence,
-                    select=self.select, size=self.size, batch_size=self.batch_size)
+                    select=self.select, size=self.size, batch_size=self.batch_size,
+                    max_detect_pixels=self.max_detect_pixels)
 
     # -- public API
 
@@ -172,13 +200,23 @@ class FaceAligner:
         out: dict[int, np.ndarray] = {}
         search = min(self.min_face_size, SEARCH_FACE_SIZE)
         for (h, w), indices in groups.items():
-            plan = plan_detection(h, w, search)
+            scale = self._reduction(h, w)
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            plan = plan_detection(*size, search)
             per_call = max(1, min(self.batch_size, MAX_BATCH_PIXELS // (plan.detect_height * plan.detect_width)))
             for start in range(0, len(indices), per_call):
                 chunk = indices[start:start + per_call]
-                rows = self._detect_same_size([arrays[i] for i in chunk], plan)
-                out.update(zip(chunk, rows))
+                images = [arrays[i] if scale == 1.0 else
+                          cv2.resize(arrays[i], size[::-1], interpolation=cv2.INTER_AREA) for i in chunk]
+                rows = self._detect_same_size(images, plan)
+                out.update(zip(chunk, (_to_pixels_of(r, size, (h, w)) for r in rows)))
         return out
+
+    def _reduction(self, h: int, w: int) -> float:
+        """The scale the detector sees an ``h x w`` image at (1: the image itself)."""
+        if self.max_detect_pixels is None or h * w <= self.max_detect_pixels:
+            return 1.0
+        return max(math.sqrt(self.max_detect_pixels / (h * w)), PNET_WINDOW / min(h, w))
 
     def _detect_same_size(self, images: list[np.ndarray], plan: DetectionPlan) -> list[np.ndarray]:
         h, w = images[0].shape[:2]
@@ -187,23 +225,14 @@ class FaceAligner:
             interp = cv2.INTER_AREA if plan.detect_height < h else cv2.INTER_LINEAR
             images = [cv2.resize(im, (plan.detect_width, plan.detect_height), interpolation=interp)
                       for im in images]
-        detector = get_detector()
-        with DETECTOR_LOCK:
+        detector = self._detector or get_detector()
+        with self._detector_lock:
             raw = detector.detect_faces(
                 list(images), min_face_size=plan.min_face_size, threshold_onet=min(0.8, self.min_confidence),
                 box_format="xyxy", output_type="numpy")
         raw = np.asarray(raw, dtype=np.float64).reshape(-1, 16)
-        rows = []
-        for k in range(len(images)):
-            r = raw[raw[:, 0] == k, 1:].copy()
-            if resize:  # back to original pixels (pixel centres at integer coordinates)
-                sx, sy = plan.detect_width / w, plan.detect_height / h
-                xs = [0, 2, 5, 6, 7, 8, 9]
-                ys = [1, 3, 10, 11, 12, 13, 14]
-                r[:, xs] = (r[:, xs] + 0.5) / sx - 0.5
-                r[:, ys] = (r[:, ys] + 0.5) / sy - 0.5
-            rows.append(r)
-        return rows
+        seen = (plan.detect_height, plan.detect_width)
+        return [_to_pixels_of(raw[raw[:, 0] == k, 1:].copy(), seen, (h, w)) for k in range(len(images))]
 
     def _faces(self, rgb: np.ndarray, rows: np.ndarray, source: str) -> list[AlignedFace]:
         h, w = rgb.shape[:2]

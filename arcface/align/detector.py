@@ -180,24 +180,31 @@ class PyramidPNet:
 _STAGE_OUTPUTS = {"PNet": 2, "RNet": 2, "ONet": 3}
 
 
+def new_detector():
+    """A new MTCNN detector with our stage networks (imports TensorFlow and mtcnn). One detector
+    is not to be called from two threads at once: :func:`get_detector`'s is shared under
+    :data:`DETECTOR_LOCK`; a server that aligns photos in parallel keeps several."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from mtcnn import MTCNN
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("face alignment needs the 'mtcnn' package (pip install 'iomface[align]') "
+                          "and TensorFlow") from e
+
+    detector = MTCNN()
+    for stage in detector.stages:
+        network = stage._model
+        stage._model = StageNetwork(network, _STAGE_OUTPUTS[type(network).__name__])
+    detector.stages[0] = PyramidPNet(detector.stages[0])
+    return detector
+
+
 def get_detector():
     """The process's MTCNN detector, built on first use (imports TensorFlow and mtcnn)."""
     global _DETECTOR
     with DETECTOR_LOCK:
         if _DETECTOR is None:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            try:
-                from mtcnn import MTCNN
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("face alignment needs the 'mtcnn' package (pip install 'iomface[align]') "
-                                  "and TensorFlow") from e
-
-            detector = MTCNN()
-            for stage in detector.stages:
-                network = stage._model
-                stage._model = StageNetwork(network, _STAGE_OUTPUTS[type(network).__name__])
-            detector.stages[0] = PyramidPNet(detector.stages[0])
-            _DETECTOR = detector
+            _DETECTOR = new_detector()
         return _DETECTOR
 
 

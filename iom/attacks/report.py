@@ -147,6 +147,16 @@ def table_rows(summary: dict) -> list[tuple[str, str, tuple, str, str]]:
          ("full_key", "secret_only_identify"), "pct", "FAR"),
         ("5 secret only (no token)", "cosine of that embedding to victim's other samples",
          ("full_key", "secret_only_cosine_to_other_samples"), "cos", ""),
+        ("6 device-code boundary walk", "walked code vs the victim's universal code (groups agreeing)",
+         ("boundary_walk", "universal_agreement"), "pct", "1/q"),
+        ("6 device-code boundary walk", "victims whose universal template is recovered whole",
+         ("boundary_walk", "templates_recovered"), "pct", "0"),
+        ("6 device-code boundary walk", "identify calls answered to one device before a refusal",
+         ("boundary_walk", "queries_answered"), "rate", ""),
+        ("6 device-code boundary walk", "a whole walk at the default limits (device key known)",
+         ("boundary_walk", "hours_for_a_whole_walk"), "time", ""),
+        ("6 device-code boundary walk", "victims recovered whole by a device whose key was extracted",
+         ("boundary_walk", "key_holder_recovered"), "pct", ""),
     ]
     return rows
 

@@ -32,6 +32,8 @@ class Scale:
     tokens_per_class: int = 10           # policy refusal
     inversion_steps: int = 150
     enrol_samples: int = 3               # photos fused at enrolment (and at reissue)
+    n_walk_victims: int = 3              # boundary walk with device codes
+    walk_max_queries: int = 5000
 
     def quick(self) -> "Scale":
         """About a fifth of the work (sizes where rates are still meaningful)."""

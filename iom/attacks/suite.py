@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from iom.attacks import forgery, full_key, oracle, relabel, tokens
+from iom.attacks import boundary_walk, forgery, full_key, oracle, relabel, tokens
 from iom.attacks.faces import Faces
 from iom.attacks.setting import Scale, Setting
 
@@ -18,6 +18,7 @@ ATTACKS: dict[str, Callable[[Setting], dict]] = {
     "row_forgery": forgery.run,
     "tokens": tokens.run,
     "full_key": full_key.run,
+    "boundary_walk": boundary_walk.run,
 }
 KINDS = ("before", "after")
 

@@ -117,7 +117,10 @@ def list_keys(path: str) -> list[dict]:
 
 class KeyRing:
     """The server's view of a key file, re-read when the file changes (its mtime, size or
-    inode); a file that becomes unreadable keeps the last good keys and says so once."""
+    inode). A file that is removed revokes every key until it is back (fail closed: deleting
+    the file is how an operator may cut every caller off); a file that turns malformed keeps
+    the last good keys (``add-key`` and ``remove-key`` replace it atomically, so only a hand
+    edit gets there) and says so once."""
 
     def __init__(self, path: str, on_error=None):
         self.path, self._on_error = path, on_error
@@ -135,6 +138,11 @@ class KeyRing:
         except OSError as e:
             if force:
                 raise InvalidInputError(f"--keys_file {self.path}: {e.strerror or e}") from None
+            if self._stamp is not None:          # gone (or out of reach): no key is valid any more
+                self._keys, self._stamp = {}, None
+                if self._on_error is not None:
+                    self._on_error(f"--keys_file {self.path}: {e.strerror or e}; every key is revoked until "
+                                   "the file is back")
             return
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if stamp == self._stamp:

@@ -100,7 +100,9 @@ Client = Annotated[Credential, Depends(role("client"))]
 Photo = Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, ...); with aligned=true a 112x112 crop")]
 Photos = Annotated[list[UploadFile] | None, File(description="one or more photos of the subject (fused)")]
 Code = Annotated[str | None, Form(description="instead of photos, with serve --device_codes: the exported model's "
-                                              "un-keyed code of one face, comma-separated integers")]
+                                              "code of one face relabelled with the device key provisioned for "
+                                              "this API key's name (iomface device-key NAME), comma-separated "
+                                              "integers")]
 Aligned = Annotated[bool, Form(description="the photos are aligned 112x112 crops: skip face detection")]
 
 
@@ -108,28 +110,30 @@ def _state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def _photos(state: ServerState, uploads: list[UploadFile], aligned: bool) -> list:
-    """The uploads read within the caps, then aligned (unless ``aligned``)."""
+def _photos(state: ServerState, uploads: list[UploadFile], aligned: bool, client: str) -> list:
+    """The uploads read within the caps, then aligned (unless ``aligned``; one raw-photo
+    request of a ``client`` at a time)."""
     from iom.service.errors import InvalidInputError
 
     if len(uploads) > state.limits.max_photos:
         raise InvalidInputError(f"{len(uploads)} photos: at most {state.limits.max_photos} per request")
     data = [read_photo(u, state.limits, f"photo {i + 1}" if len(uploads) > 1 else "photo")
             for i, u in enumerate(uploads)]
-    return state.aligner(data, aligned)
+    return state.aligner(data, aligned, client)
 
 
-def _sample(state: ServerState, uploads: list[UploadFile] | None, aligned: bool, code: str | None) -> dict:
+def _sample(state: ServerState, uploads: list[UploadFile] | None, aligned: bool, code: str | None,
+            client: str) -> dict:
     """The service's keyword arguments for a request's sample: ``photos`` or a device ``code``."""
     from iom.service.errors import InvalidInputError
 
     if code is not None:
         if uploads:
             raise InvalidInputError("give photos or a code, not both")
-        return {"code": parse_code(code)}
+        return {"code": parse_code(code), "device": client}     # keyed by the device holding this API key
     if not uploads:
         raise InvalidInputError("no photo given (or, with serve --device_codes, a code)")
-    return {"photos": _photos(state, uploads, aligned)}
+    return {"photos": _photos(state, uploads, aligned, client)}
 
 
 def _templates(ids) -> list[dict]:
@@ -269,7 +273,7 @@ def create_app(state: ServerState) -> FastAPI:
         """Enrol a subject: one verification template (under the token) and one identification
         template. Several photos are fused. 409 if the subject is already enrolled."""
         s = _state(request)
-        ids = s.service.enroll(subject_id, user_token=token, **_sample(s, photos, aligned, code))
+        ids = s.service.enroll(subject_id, user_token=token, **_sample(s, photos, aligned, code, credential.name))
         return {"subject": subject_id, "templates": _templates(ids)}
 
     @app.post("/v1/subjects/{subject_id}/verify", tags=["templates"])
@@ -277,14 +281,16 @@ def create_app(state: ServerState) -> FastAPI:
                token: Annotated[str, Form(description="the subject's token")], photo: Photo = None,
                aligned: Aligned = False, code: Code = None):
         """Whether the photo matches the subject under the token: ``accepted`` true or false
-        (an unknown subject, a wrong token and another face are the same rejection)."""
+        (an unknown subject, a wrong token and another face are the same rejection); the
+        operating point only to administrator keys."""
         s = _state(request)
         s.service.admit("verify", credential.name, subject_id)          # before any work on the photo
-        probe = _sample(s, [photo] if photo else None, aligned, code)
+        probe = _sample(s, [photo] if photo else None, aligned, code, credential.name)
         d = s.service.verify(subject_id, probe["photos"][0] if "photos" in probe else None, token,
                              client=credential.name, admitted=True, code=probe.get("code"))
-        out = {"subject": subject_id, "accepted": bool(d.accepted),
-               "operating_point": s.service.operating_point.to_dict()}
+        out = {"subject": subject_id, "accepted": bool(d.accepted)}
+        if credential.role == "admin":          # the operating point: to administrators only
+            out["operating_point"] = s.service.operating_point.to_dict()
         if _sees_scores(s, credential):
             out.update(similarity=d.similarity, threshold=d.threshold)
         return out
@@ -294,10 +300,10 @@ def create_app(state: ServerState) -> FastAPI:
                  top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K, description="at most this many candidates")] = 5,
                  aligned: Aligned = False, code: Code = None):
         """Enrolled subjects matching the photo, best first, accepted at the 1:N threshold of the
-        gallery's size."""
+        gallery's size; the operating point (gallery size, threshold) only to administrator keys."""
         s = _state(request)
         s.service.admit("identify", credential.name)
-        probe = _sample(s, [photo] if photo else None, aligned, code)
+        probe = _sample(s, [photo] if photo else None, aligned, code, credential.name)
         hits = s.service.identify(probe["photos"][0] if "photos" in probe else None, top_k, client=credential.name,
                                   admitted=True, code=probe.get("code"))
         if _sees_scores(s, credential):
@@ -305,6 +311,8 @@ def create_app(state: ServerState) -> FastAPI:
                    for c in hits]
         else:
             out = [{"subject": c.subject_id, "rank": c.rank} for c in hits if c.accepted]
+        if credential.role != "admin":          # a client key learns neither the gallery's size nor the threshold
+            return {"candidates": out}
         return {"candidates": out, "operating_point": s.service.identification_point()}
 
     @app.post("/v1/compare", tags=["photos"])
@@ -315,10 +323,11 @@ def create_app(state: ServerState) -> FastAPI:
         against the key's verification limit."""
         s = _state(request)
         s.service.admit("compare", credential.name)
-        a, b = _photos(s, [photo_a, photo_b], aligned)
+        a, b = _photos(s, [photo_a, photo_b], aligned, credential.name)
         similarity = s.service.pipeline.similarity(a, b)
         point = s.service.operating_point
-        return {"similarity": similarity, "accepted": similarity >= point.threshold, "operating_point": point.to_dict()}
+        out = {"similarity": similarity, "accepted": similarity >= point.threshold}
+        return {**out, "operating_point": point.to_dict()} if credential.role == "admin" else out
 
     @app.post("/v1/subjects/{subject_id}/reissue", tags=["templates"])
     def reissue(request: Request, subject_id: str, credential: Admin,
@@ -328,7 +337,7 @@ def create_app(state: ServerState) -> FastAPI:
         """Revoke the subject's templates and enrol new ones under ``new_token``, atomically."""
         s = _state(request)
         ids = s.service.reissue(subject_id, new_token=new_token, admin_secret=s.admin_secret,
-                                **_sample(s, photos, aligned, code),
+                                **_sample(s, photos, aligned, code, credential.name),
                                 expected_version=expected_version, client=credential.name)
         return {"subject": subject_id, "templates": _templates(ids)}
 

@@ -81,8 +81,9 @@ def build_app(args, request):
     service = TemplateService(pipeline, store, request.secret, calibration=calibration, policy=policy,
                               admin_secret=admin_secret, witness=witness_path(args.witness, request.location),
                               far=args.far, threshold=args.threshold, gallery_spec=gallery)
-    state = ServerState(service, keys, limits, PhotoAligner(pipeline.embedder.input_size), admin_secret,
-                        admin_scores=args.admin_scores)
+    aligner = PhotoAligner(pipeline.embedder.input_size, detectors=args.detectors,
+                           max_detect_pixels=int(args.max_detect_megapixels * 1e6))
+    state = ServerState(service, keys, limits, aligner, admin_secret, admin_scores=args.admin_scores)
     return create_app(state)
 
 
@@ -98,6 +99,34 @@ def _python_only_stderr():
     os.close(devnull)
     sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="replace")
     return sys.stderr
+
+
+def trusted_proxies(text: str) -> list[str]:
+    """The addresses of ``--forwarded_allow_ips`` (IPs or networks), checked: uvicorn's own
+    default trusts 127.0.0.1, so that anyone on the machine could name the client's address."""
+    import ipaddress
+
+    from iom.service.errors import InvalidInputError
+
+    out = []
+    for item in (t.strip() for t in (text or "").split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise InvalidInputError(f"--forwarded_allow_ips: {item!r} is not an IP address or network") from None
+        out.append(item)
+    return out
+
+
+def uvicorn_options(args) -> dict:
+    """What ``uvicorn.run`` gets: the address, TLS, no access log of its own, and proxy headers
+    only from ``--forwarded_allow_ips`` (off without it: uvicorn's default trusts 127.0.0.1)."""
+    proxies = trusted_proxies(args.forwarded_allow_ips)
+    return dict(host=args.host, port=args.port, log_config=None, access_log=False, ssl_certfile=args.tls_cert,
+                ssl_keyfile=args.tls_key, server_header=False, timeout_graceful_shutdown=10,
+                proxy_headers=bool(proxies), forwarded_allow_ips=",".join(proxies) if proxies else None)
 
 
 def serve(args, request) -> int:
@@ -118,8 +147,6 @@ def serve(args, request) -> int:
         "store": scrub_dsn(request.location, request.location), "tls": args.tls_cert is not None,
         "operating_point": service.operating_point.to_dict(), "admin_scores": args.admin_scores,
         "gallery": service.gallery_spec.describe()}})
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, server_header=False,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(app, **uvicorn_options(args))
     service.store.close()
     return 0

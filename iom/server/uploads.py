@@ -63,21 +63,68 @@ def parse_code(text: str) -> list[int]:
 
 
 class PhotoAligner:
-    """Raw photos → aligned crops (MTCNN and the five-point warp), one at a time (the detector
-    is not shared between threads); aligned uploads pass through as bytes, checked by the
-    pipeline to be ``input_size`` crops."""
+    """Raw photos → aligned crops (MTCNN and the five-point warp); aligned uploads pass through as
+    bytes, checked by the pipeline to be ``input_size`` crops.
 
-    def __init__(self, size: int):
-        self.size = size
-        self._aligner = None              # MTCNN loads on the first raw photo
-        self._lock = threading.Lock()
+    The work one photo costs is bounded and no caller can hold it for others:
 
-    def __call__(self, photos: list[bytes], aligned: bool) -> list:
+    * a photo is searched at ``max_detect_pixels`` at most (:class:`~arcface.align.FaceAligner`),
+      the crop warped from the full image: a photo of 25 megapixels costs what one of 2 does;
+    * ``detectors`` MTCNN detectors, each used by one request at a time (a detector is not to be
+      shared between threads), built on first need;
+    * one raw-photo alignment in flight per caller (``client``): a second one at the same time is
+      refused at once (:class:`~iom.service.errors.RateLimitedError`), so parallel streams from
+      one key cannot take every detector.
+    """
+
+    def __init__(self, size: int, detectors: int = 2, max_detect_pixels: int = 2_000_000):
+        if isinstance(detectors, bool) or not isinstance(detectors, int) or detectors < 1:
+            raise InvalidInputError(f"detectors must be a positive integer, got {detectors!r}")
+        self.size, self.detectors, self.max_detect_pixels = size, detectors, int(max_detect_pixels)
+        self._free: list = []             # idle aligners, each with a detector of its own
+        self._made = 0
+        self._lock = threading.Condition()
+        self._busy: set[str] = set()      # callers with an alignment in flight
+
+    def _take(self):
+        from arcface.align import FaceAligner
+        from arcface.align.detector import new_detector
+
+        with self._lock:
+            while not self._free and self._made >= self.detectors:
+                self._lock.wait()
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+        try:
+            return FaceAligner(size=self.size, max_detect_pixels=self.max_detect_pixels, detector=new_detector())
+        except BaseException:
+            with self._lock:
+                self._made -= 1
+                self._lock.notify()
+            raise
+
+    def _give_back(self, aligner) -> None:
+        with self._lock:
+            self._free.append(aligner)
+            self._lock.notify()
+
+    def __call__(self, photos: list[bytes], aligned: bool, client: str = "") -> list:
+        from iom.service.errors import RateLimitedError
+
         if aligned:
             return photos
         with self._lock:
-            if self._aligner is None:
-                from arcface.align import FaceAligner
-
-                self._aligner = FaceAligner(size=self.size)
-            return [self._aligner.align(p)[0].image for p in photos]
+            if client in self._busy:
+                raise RateLimitedError(f"a photo of {client!r} is being aligned: one raw photo request at a time "
+                                       "per key (send aligned crops to go faster)", retry_after=1.0)
+            self._busy.add(client)
+        try:
+            aligner = self._take()
+            try:
+                return [aligner.align(p)[0].image for p in photos]
+            finally:
+                self._give_back(aligner)
+        finally:
+            with self._lock:
+                self._busy.discard(client)

@@ -204,6 +204,12 @@ COMMAND_HELP = {
               ["iomface serve --db templates.db --keys_file keys.json",
                "iomface serve --keys_file keys.json --cluster 10.0.0.5:6379 --shards 8",
                "IOMFACE_APP_SECRET=... iomface serve --keys_file keys.json --port 8443 --tls_cert c.pem --tls_key k.pem"]),
+    "device-key": ("Print the code key of a device that sends codes instead of photos (serve --device_codes).",
+                   "A device running the exported model relabels each code with this key before sending it, with\n"
+                   "the API key of the same NAME; the service inverts it. A code is never accepted un-keyed (that\n"
+                   "code is the same in every deployment: a universal template). Derived from the application\n"
+                   "secret: the same NAME gives the same key; provision it to that device only. Loads no model.",
+                   ["iomface device-key door-3 --json"]),
     "add-key": ("Create an API key for the HTTP service (printed once; the file keeps its SHA-256).",
                 "The key file is JSON, created 0600. A running server picks the new key up without a restart.",
                 ["iomface add-key desk-1 --role admin --keys_file keys.json",
@@ -285,6 +291,8 @@ def _parser() -> argparse.ArgumentParser:
                         "current one (--admin_secret_file or $IOMFACE_ADMIN_SECRET)")
     p = command("serve")
     _serve_options(p)
+    p = command("device-key")
+    p.add_argument("name", metavar="NAME", help="the device's name: the name of the API key it uses")
     for name in KEY_COMMANDS:
         p = command(name)
         if name != "list-keys":
@@ -315,15 +323,26 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys_file", default=None, help="the API key file (default $IOMFACE_KEYS_FILE)")
     p.add_argument("--tls_cert", default=None, help="TLS certificate (PEM), with --tls_key: serve HTTPS")
     p.add_argument("--tls_key", default=None, help="TLS private key (PEM)")
+    p.add_argument("--forwarded_allow_ips", default="",
+                   help="comma-separated addresses of the reverse proxies whose X-Forwarded-For / "
+                        "X-Forwarded-Proto headers are trusted for the client's address (default: none; "
+                        "a header from anyone else is ignored)")
     p.add_argument("--admin_scores", action="store_true",
                    help="return similarities to admin keys (never to client keys): research deployments only")
     p.add_argument("--device_codes", action="store_true",
-                   help="accept a device's un-keyed code (the exported model's output, form field 'code') in place "
-                        "of photos, so neither photo nor embedding leaves the device")
+                   help="accept a provisioned device's code (the exported model's output relabelled with the key of "
+                        "iomface device-key NAME, form field 'code', sent with the API key NAME) in place of photos, "
+                        "so neither photo nor embedding leaves the device")
     p.add_argument("--max_photo_bytes", type=int, default=10 * 1024 * 1024, help="bytes per photo (default 10 MiB)")
     p.add_argument("--max_megapixels", type=float, default=25.0,
                    help="pixels per photo, from its header before decoding (default 25 megapixels)")
     p.add_argument("--max_photos", type=int, default=10, help="photos per enrolment (default 10)")
+    p.add_argument("--max_detect_megapixels", type=float, default=2.0,
+                   help="a raw photo is searched for its face at this size at most (the crop is cut from the "
+                        "full photo): bounds the work any photo costs (default 2)")
+    p.add_argument("--detectors", type=int, default=2,
+                   help="face detectors working in parallel; each caller has one raw photo aligned at a time "
+                        "(default 2)")
     p.add_argument("--verify_per_minute", type=int, default=d.verify_per_minute,
                    help=f"verifications per API key and minute (default {d.verify_per_minute})")
     p.add_argument("--identify_per_minute", type=int, default=d.identify_per_minute,

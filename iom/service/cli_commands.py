@@ -343,4 +343,14 @@ def run(args, stdin=None, request: Request | None = None) -> tuple[object, int]:
             return _compare(args, request)
         if args.command == "verify-pairs":
             return _verify_pairs(args, request)
+        if args.command == "device-key":
+            return _device_key(args, request)
         return _store_command(args, request)
+
+
+def _device_key(args, request) -> tuple[dict, int]:
+    """The key to provision a device with (its name is the API key's name it will use)."""
+    from iom.service.template_keys import device_key_material
+
+    return {"device": args.name, "key": device_key_material(request.secret, args.name).hex(),
+            "model_id": request.model["model_id"], "m": request.model["m"], "q": request.model["q"]}, EXIT_OK

@@ -42,6 +42,11 @@ def format_result(command: str, result) -> str:
             text += f"{';' if 'tar' in s else chr(10) + 'measured on this list:'} FAR {s['far']:.3f} " \
                     f"({s['impostor']} different-person pairs)"
         return "\n".join(lines + [text])
+    if command == "device-key":
+        return (f"device {result['device']}: key {result['key']}\n(model {result['model_id']}, m={result['m']}, "
+                f"q={result['q']}). Provision it to that device only (its secure storage): the device sends "
+                "reference.relabel(code, bytes.fromhex(KEY), m, q) of the exported model's code, with the API "
+                f"key named {result['device']!r}.")
     if command == "verify":
         return (f"{result['subject']}: {'accepted' if result['accepted'] else 'rejected'} "
                 f"{_point_text(result['operating_point'])}")

@@ -47,6 +47,14 @@ def _check_options(args) -> None:
             path = getattr(args, option)
             if path is not None and not os.path.isfile(path):
                 raise InvalidInputError(f"--{option} {path}: no such file")
+        from iom.server.serve import trusted_proxies
+
+        trusted_proxies(args.forwarded_allow_ips)
+        if args.detectors < 1:
+            raise InvalidInputError(f"--detectors must be at least 1, got {args.detectors}")
+        if not 0.0002 <= args.max_detect_megapixels <= args.max_megapixels:
+            raise InvalidInputError(f"--max_detect_megapixels must be in [0.0002, --max_megapixels "
+                                    f"{args.max_megapixels:g}], got {args.max_detect_megapixels:g}")
     if args.command == "identify" and args.top_k < 1:
         raise InvalidInputError(f"--top_k must be at least 1, got {args.top_k}")
     if args.command in ("identify", "serve"):
@@ -108,6 +116,9 @@ class Request:
             args.subject = check_subject_id(args.subject)
         if cmd == "compare":
             self.photos = check_photo_files([args.photo_a, args.photo_b], "photo", size)
+            return
+        if cmd == "device-key":
+            self.secret = app_secret(args)
             return
         if cmd == "verify-pairs":
             self.pairs = read_pairs_file(args.pairs_file)

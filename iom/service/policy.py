@@ -17,10 +17,16 @@ The defaults are for a service facing untrusted callers:
 
 ``expose_scores`` and ``allow_embeddings`` are library-level options for research and
 trusted back ends; the CLI enables embeddings only with ``--allow_embeddings``.
-``allow_codes`` accepts a device's un-keyed code (the exported model's output) in place of a
-photo, so that neither photo nor embedding leaves the device; like an embedding, a code lets
-the caller choose its probe freely, so it is off unless the deployment's devices need it
-(``iomface serve --device_codes``).
+``allow_codes`` accepts a device's code (the exported model's output, relabelled on the device
+by the key it was provisioned with: :func:`iom.service.template_keys.device_key`) in place of
+a photo, so that neither photo nor embedding leaves the device. The service inverts the
+device's key; an un-keyed code (the same for every deployment of the model) is never taken as
+such, so a code walked out of the service through one device is that device's, useless
+elsewhere. Like an embedding, a code lets the caller choose its probe freely, so it is off
+unless the deployment's devices need it (``iomface serve --device_codes``), and identification
+with codes is limited per device (``code_identify_per_minute``) and locked after
+``max_code_misses`` identifications that match no one within ``code_miss_window_s``, as
+verification is after failures.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class ServicePolicy:
     subject_verify_per_minute: int = 30
     fpir: float = 0.01
     scrypt_n: int = 2**14
+    code_identify_per_minute: int = 6
+    max_code_misses: int = 20
+    code_miss_window_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -58,7 +67,9 @@ class ServicePolicy:
                 raise InvalidInputError(f"policy {f.name} must be true or false, got {value!r}")
         _positive(self.min_token_bits, "min_token_bits", allow_zero=True)
         _positive(self.failure_window_s, "failure_window_s")
-        for name in ("max_failures", "identify_per_minute", "verify_per_minute", "subject_verify_per_minute"):
+        _positive(self.code_miss_window_s, "code_miss_window_s")
+        for name in ("max_failures", "identify_per_minute", "verify_per_minute", "subject_verify_per_minute",
+                     "code_identify_per_minute", "max_code_misses"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"policy {name} must be a positive integer, got {value!r}")

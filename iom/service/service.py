@@ -40,8 +40,9 @@ from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_byt
 from iom.service.policy import ServicePolicy, check_token_strength
 from iom.service.rate import CallWindows
 from iom.service.store import TemplateRecord, check_subject_id
-from iom.service.template_keys import (admin_verifier, binding_context, gallery_key, identification_key,
-                                       key_version_for, row_key, scrypt_cost, verification_key)
+from iom.service.template_keys import (admin_verifier, binding_context, device_key, gallery_key,
+                                       identification_key, key_version_for, row_key, scrypt_cost,
+                                       verification_key)
 
 SALT_BYTES = 16
 MAX_TOKEN_BYTES = 1024
@@ -49,6 +50,11 @@ ADMIN_SETTING = "admin_verifier"
 MAX_TRACKED_CLIENTS = 10_000      # past this, keys idle for a minute are forgotten
 audit_log = logging.getLogger("iomface.audit")
 audit_log.addHandler(logging.NullHandler())
+
+
+def _device_row(device: str) -> str:
+    """The attempt log's subject column for a device's identifications with codes."""
+    return f"device:{device}"
 
 
 class _Sample:
@@ -188,26 +194,32 @@ class TemplateService:
         except ValueError as e:
             raise TemplateError(f"stored template {record.template_id} is unreadable: {e}") from None
 
-    def _sample(self, photos, embeddings, code=None) -> tuple["_Sample", int]:
+    def _sample(self, photos, embeddings, code=None, device: str | None = None) -> tuple["_Sample", int]:
         """The sample of a request (photos fused, embeddings, or one device code) and how many
         photos or embeddings went in."""
         if code is not None:
             if photos is not None or embeddings is not None:
                 raise InvalidInputError("give photos, embeddings or a code, not several")
-            return _Sample(self.pipeline.hasher, code=self._device_code(code)), 1
+            return _Sample(self.pipeline.hasher, code=self._device_code(code, device)), 1
         if embeddings is not None and not self.policy.allow_embeddings:
             raise PolicyError("this service takes photos, not raw embeddings "
                               "(ServicePolicy(allow_embeddings=True) enables them for trusted callers)")
         embedding, n = self.pipeline.fused_embedding(photos, embeddings)
         return _Sample(self.pipeline.hasher, embedding=embedding), n
 
-    def _device_code(self, code) -> np.ndarray:
-        """A device's un-keyed code (m symbols in [0, q), from the exported model), checked."""
+    def _device_code(self, code, device: str | None) -> np.ndarray:
+        """The un-keyed code of a device's code: m symbols in [0, q), the exported model's output
+        relabelled on the device by its key (:func:`~iom.service.template_keys.device_key` of the
+        device's name), checked and un-relabelled here. A code is never taken as un-keyed: that
+        code is the same in every deployment of the model, a universal template."""
         if not self.policy.allow_codes:
             raise PolicyError("this service takes photos, not device codes (ServicePolicy(allow_codes=True), "
                               "iomface serve --device_codes, enables them for devices running the exported model)")
         if self.pipeline.hasher.key_mode != "code":
             raise InvalidInputError("device codes need a hasher keyed on its code (key_mode 'code')")
+        if not isinstance(device, str) or not device:
+            raise InvalidInputError("a device code needs the name of the device that sent it (the name its key "
+                                    "was provisioned for: iomface device-key NAME)")
         try:
             values = np.asarray(code)
         except (TypeError, ValueError):
@@ -218,15 +230,20 @@ class TemplateService:
                                     f"'code' output for one face), got {values.dtype} of shape {values.shape}")
         if values.min() < 0 or values.max() >= self.q:
             raise InvalidInputError(f"code symbols must lie in [0, {self.q})")
-        return values.reshape(1, self.m).astype(np.int64)
+        keyed = values.reshape(1, self.m).astype(np.int64)
+        return self._device_keying(device).invert(keyed).astype(np.int64)
+
+    def _device_keying(self, device: str) -> CodeKeying:
+        return CodeKeying(device_key(self.secret, device), self.m, self.q)
 
     # ------------------------------------------------------------------ operations
-    def enroll(self, subject_id: str, photos=None, embeddings=None, user_token=None, code=None) -> list[int]:
+    def enroll(self, subject_id: str, photos=None, embeddings=None, user_token=None, code=None,
+               device: str | None = None) -> list[int]:
         """Enroll a subject from photos (or, if the policy allows, embeddings, several fused, or
-        one device code: the exported model's un-keyed code); returns the template ids."""
+        one code of the named ``device``, :meth:`_device_code`); returns the template ids."""
         subject_id = check_subject_id(subject_id)
         token = self._new_token(user_token, "user_token")
-        sample, n = self._sample(photos, embeddings, code)
+        sample, n = self._sample(photos, embeddings, code, device)
         ids = self.store.enroll(self._records(subject_id, sample, token, n))
         audit_log.info("enroll subject=%r templates=%s", subject_id, ids)
         return ids
@@ -239,46 +256,61 @@ class TemplateService:
         ``policy.max_failures`` rejections of a subject within ``policy.failure_window_s``,
         :class:`RateLimitedError` until the window has passed. The limits are checked before
         any work (:meth:`admit`; ``admitted=True``: the caller already did, before its own work
-        such as decoding and aligning the photo)."""
+        such as decoding and aligning the photo), and the failure limit once more, atomically,
+        before the comparison, which reserves one of the subject's ``max_failures`` slots
+        (:meth:`_reserve_failure`): concurrent calls never get more answers than that."""
         subject_id = check_subject_id(subject_id)
         token = _token_bytes(user_token)
         if not admitted:
             self.admit("verify", client, subject_id)
-        sample, _ = self._sample(None if probe is None else [probe], embedding, code)
+        sample, _ = self._sample(None if probe is None else [probe], embedding, code, device=client)
+        attempt = self._reserve_failure(subject_id, client)
+        try:
+            similarity = self._similarity(subject_id, sample, token)
+        except BaseException:
+            self._cancel_reservation(subject_id, attempt)
+            raise
+        accepted = similarity >= self.threshold
+        self._resolve_reservation(subject_id, client, attempt, accepted)
+        if self.policy.expose_scores:
+            return Decision(accepted, similarity, self.threshold)
+        return Decision(accepted)
+
+    def _similarity(self, subject_id: str, sample: "_Sample", token: bytes) -> float:
+        """The sample's similarity to the subject's verification template under the token's
+        key; 0.0 for an unknown or revoked subject, after the same work."""
         try:
             record = self.store.active(subject_id).get("verify")
         except UnknownSubjectError:
             record = None
         if record is None:       # the same work as a real comparison, then a rejection
             sample.encode(self._verification_key(token, os.urandom(SALT_BYTES), subject_id, self.key_version))
-            similarity = 0.0
-        else:
-            self._check_model(record)
-            keyed = sample.encode(self._verification_key(token, record.salt, subject_id, record.key_version))
-            mismatches = int(count_mismatches(self._stored(record), pack_codes(keyed, self.q)[0]))
-            similarity = float(1.0 - mismatches / self.m)
-        accepted = similarity >= self.threshold
-        if not accepted:
-            self.store.record_attempt(subject_id, client, "verify", "rejected")
-            audit_log.warning("verify rejected subject=%r client=%r", subject_id, client)
-        if self.policy.expose_scores:
-            return Decision(accepted, similarity, self.threshold)
-        return Decision(accepted)
+            return 0.0
+        self._check_model(record)
+        keyed = sample.encode(self._verification_key(token, record.salt, subject_id, record.key_version))
+        mismatches = int(count_mismatches(self._stored(record), pack_codes(keyed, self.q)[0]))
+        return float(1.0 - mismatches / self.m)
 
     def identify(self, probe=None, top_k: int = 5, embedding=None, client: str = "",
-                 admitted: bool = False, code=None) -> list[Candidate]:
+                 admitted: bool = False, code=None, device: str | None = None) -> list[Candidate]:
         """Enrolled subjects matching the probe, best first (at most ``top_k``).
 
         By default only candidates accepted at the 1:N threshold for the gallery's size
         (target FPIR ``policy.fpir``), without similarities; with ``expose_scores`` the
-        ``top_k`` closest with their similarity and decision."""
+        ``top_k`` closest with their similarity and decision. A device ``code`` (of ``device``,
+        default ``client``) is a freely chosen probe: such identifications are limited per
+        device and, after ``policy.max_code_misses`` that match no one within
+        ``policy.code_miss_window_s``, refused (:meth:`admit`, ``"identify-code"``)."""
         if not self.identification:
             raise TemplateError("this service keeps no identification templates")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
+        device = client if device is None else device
         if not admitted:
             self.admit("identify", client)
-        sample, _ = self._sample(None if probe is None else [probe], embedding, code)
+        if code is not None:
+            self.admit("identify-code", device)
+        sample, _ = self._sample(None if probe is None else [probe], embedding, code, device)
         probe_code = self._gallery_code(sample)[0]
         # the search holds the gallery lock: no update (another thread's identify applying the
         # event log) moves rows or drops subjects while it reads them
@@ -295,6 +327,9 @@ class TemplateService:
             out = [Candidate(subjects[tid], rank, bool(sim >= threshold),
                              float(sim) if self.policy.expose_scores else None)
                    for rank, (tid, sim) in enumerate(hits, 1)]
+        if code is not None and not any(c.accepted for c in out):
+            self.store.record_attempt(_device_row(device), device, "identify-code", "no-match")
+            audit_log.warning("identify with a device code matched no one device=%r", device)
         return out if self.policy.expose_scores else [c for c in out if c.accepted]
 
     def identification_point(self) -> dict:
@@ -334,13 +369,14 @@ class TemplateService:
 
     def reissue(self, subject_id: str, photos=None, new_token=None, embeddings=None, *, user_token=None,
                 proof_photo=None, proof_embedding=None, admin_secret=None,
-                expected_version: int | None = None, client: str = "", code=None) -> list[int]:
+                expected_version: int | None = None, client: str = "", code=None,
+                device: str | None = None) -> list[int]:
         """Revoke the subject's templates and enroll new ones under ``new_token`` (from photos,
         embeddings or a device code, as :meth:`enroll`), atomically; the same proof as
         :meth:`revoke`."""
         subject_id = check_subject_id(subject_id)
         token = self._new_token(new_token, "new_token")
-        sample, n = self._sample(photos, embeddings, code)
+        sample, n = self._sample(photos, embeddings, code, device)
         version = self._authorise(subject_id, user_token, proof_photo, proof_embedding, admin_secret, client)
         ids = self.store.reissue(subject_id, self._records(subject_id, sample, token, n),
                                  expected_version=version if expected_version is None else expected_version)
@@ -412,18 +448,53 @@ class TemplateService:
         return token
 
     def _check_failures(self, subject_id: str, client: str) -> None:
+        """The early check of :meth:`admit`, before any work: :class:`RateLimitedError` if the
+        subject's failed (and in-flight) verifications reached ``policy.max_failures``. The
+        binding check is the reservation :meth:`verify` makes (:meth:`_reserve_failure`)."""
         failures = self.store.count_attempts(subject_id, "verify", self.policy.failure_window_s)
         if failures >= self.policy.max_failures:
-            self._record_refusal(subject_id, client, "rate-limited", "refused")
-            audit_log.warning("verify refused (rate limit) subject=%r client=%r", subject_id, client)
-            raise RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later",
-                                   retry_after=self.policy.failure_window_s)
+            raise self._failure_limit_reached(subject_id, client)
+
+    def _failure_limit_reached(self, subject_id: str, client: str) -> RateLimitedError:
+        """Record and log a refusal for too many failures; the error to raise."""
+        self._record_refusal(subject_id, client, "rate-limited", "refused")
+        audit_log.warning("verify refused (rate limit) subject=%r client=%r", subject_id, client)
+        return RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later",
+                                retry_after=self.policy.failure_window_s)
+
+    def _reserve_failure(self, subject_id: str, client: str) -> int:
+        """Reserve one of the subject's ``policy.max_failures`` verifications in the window,
+        atomically (counted with the failures and other reservations in one store
+        transaction); its attempt id. :class:`RateLimitedError` when none is left. Until
+        resolved the reservation counts as a failure (a crash leaves it so: fail closed)."""
+        attempt = self.store.reserve_attempt(subject_id, client, "verify", self.policy.failure_window_s,
+                                             self.policy.max_failures)
+        if attempt is None:
+            raise self._failure_limit_reached(subject_id, client)
+        return attempt
+
+    def _resolve_reservation(self, subject_id: str, client: str, attempt: int, accepted: bool) -> None:
+        """A rejection keeps the reservation as a failure (and is logged); an acceptance frees it."""
+        self.store.finish_attempt(subject_id, attempt, "accepted" if accepted else "rejected")
+        if not accepted:
+            audit_log.warning("verify rejected subject=%r client=%r", subject_id, client)
+
+    def _cancel_reservation(self, subject_id: str, attempt: int) -> None:
+        """Free the reservation of a verification that failed with an error before any decision
+        (as before reservations, an error is not a failed attempt); if even that fails the
+        reservation stays pending, counted as a failure."""
+        try:
+            self.store.finish_attempt(subject_id, attempt, "cancelled")
+        except TemplateError:
+            pass
 
     def admit(self, op: str, client: str = "", subject_id: str | None = None) -> None:
         """Count one call of ``op`` by ``client`` against the policy's limits, before any work:
         ``"verify"`` (per client, per subject whoever calls, and the subject's failed
-        verifications), ``"identify"`` (per client), ``"compare"`` (two photos, no template:
-        the client's verification budget). :class:`RateLimitedError` past a limit."""
+        verifications), ``"identify"`` (per client), ``"identify-code"`` (an identification with
+        a device code, ``client`` the device: per device, and its identifications that matched no
+        one), ``"compare"`` (two photos, no template: the client's verification budget).
+        :class:`RateLimitedError` past a limit."""
         if op == "verify":
             subject_id = check_subject_id(subject_id)
             self._check_call_rate(client, "verify", self.policy.verify_per_minute)
@@ -431,10 +502,26 @@ class TemplateService:
             self._check_failures(subject_id, client)
         elif op == "identify":
             self._check_call_rate(client, "identify", self.policy.identify_per_minute)
+        elif op == "identify-code":
+            self._check_call_rate(client, "identify-code", self.policy.code_identify_per_minute)
+            self._check_code_misses(client)
         elif op == "compare":
             self._check_call_rate(client, "verify", self.policy.verify_per_minute)
         else:
-            raise InvalidInputError(f"op must be verify, identify or compare, got {op!r}")
+            raise InvalidInputError(f"op must be verify, identify, identify-code or compare, got {op!r}")
+
+    def _check_code_misses(self, device: str) -> None:
+        """:class:`RateLimitedError` once the device's identifications with codes that matched no
+        one reached ``policy.max_code_misses`` in ``policy.code_miss_window_s`` (kept in the
+        store's authenticated attempt log, like failed verifications): a boundary walk with
+        chosen codes misses at almost every other query."""
+        misses = self.store.count_attempts(_device_row(device), "identify-code", self.policy.code_miss_window_s)
+        if misses >= self.policy.max_code_misses:
+            self._record_refusal(_device_row(device), device, "rate-limited", "refused")
+            audit_log.warning("identify with codes refused (misses) device=%r", device)
+            raise RateLimitedError(f"device {device!r}: {misses} identifications with codes matched no one in "
+                                   f"the last {self.policy.code_miss_window_s:g} s: try again later",
+                                   retry_after=self.policy.code_miss_window_s)
 
     def _record_refusal(self, subject_id: str, client: str, op: str, outcome: str) -> None:
         """A refusal in the store's attempt log, at most once a minute per (subject, client, op):

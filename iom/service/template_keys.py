@@ -14,6 +14,9 @@ gallery key                HKDF over the secret alone: the common code space in 
 row key                    HKDF over the secret: the HMAC key that authenticates every
                            row and the event log
 admin verifier             HMAC of an administrator credential under the secret
+device key                 HKDF over the secret and a device's name: the key a device
+                           running the exported model relabels its codes with before
+                           sending them (provisioned to it once, kept on the device)
 =========================  ==========================================================
 
 Binding the subject, purpose, key version and model into ``info`` makes a salt or code
@@ -89,6 +92,17 @@ def gallery_key(secret: bytes) -> TemplateKey:
 def row_key(secret: bytes) -> bytes:
     """The HMAC key authenticating the store's rows and event log."""
     return hkdf(_ikm(secret), b"", _INFO + b"row-mac")
+
+
+def device_key_material(secret: bytes, device: str) -> bytes:
+    """The 32 bytes of ``device``'s code key: what the device is provisioned with (the exported
+    model's ``reference.relabel(code, key, m, q)`` applies it) and what the service inverts."""
+    return hkdf(_ikm(secret), b"", _INFO + b"device-code\x00" + _field(device))
+
+
+def device_key(secret: bytes, device: str) -> TemplateKey:
+    """:func:`device_key_material` as a :class:`~iom.keys.TemplateKey`."""
+    return TemplateKey(device_key_material(secret, device))
 
 
 def admin_verifier(secret: bytes, credential: bytes) -> bytes:
