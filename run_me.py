@@ -1,6 +1,7 @@
 """iomface demo: protected face templates end to end.
 
     python run_me.py [--images A B ...] [--db FILE]
+    python run_me.py --samples DIR          # write the three demo photos, for the README's commands
 
 Builds the pipeline the project ships (MTCNN alignment, the default stage-1 model
 ``models/mobilefacenet_ms1m``, the deep IoM hasher ``models/iom_mobilefacenet_ms1m_512x8`` and its
@@ -60,6 +61,27 @@ def demo_photos():
             ("astronaut.png (scikit-image; Eileen Collins, NASA, public domain): another person", other))
 
 
+#: the files ``--samples DIR`` writes, in the order of :func:`demo_photos`
+SAMPLE_FILES = ("hopper.jpg", "hopper_copy.jpg", "collins.png")
+
+
+def write_samples(folder: str) -> list[str]:
+    """Write the demo's three photos into ``folder`` (created; existing files are kept):
+    ``hopper.jpg`` (Grace Hopper), ``hopper_copy.jpg`` (an augmented copy of that photo: the
+    only other "photo" of her there is) and ``collins.png`` (Eileen Collins). Their paths."""
+    from arcface.data.images import encode_jpeg, encode_png
+
+    os.makedirs(folder, exist_ok=True)
+    out = []
+    for name, (_, photo) in zip(SAMPLE_FILES, demo_photos()):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(encode_png(photo) if name.endswith(".png") else encode_jpeg(photo))
+        out.append(path)
+    return out
+
+
 def excerpt(code, n=16) -> str:
     return " ".join(str(int(s)) for s in code[:n]) + " …"
 
@@ -68,7 +90,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", nargs="+", default=None, help="your photos: the first is enrolled")
     parser.add_argument("--db", default=None, help="SQLite file (default: a temporary one)")
+    parser.add_argument("--samples", default=None, metavar="DIR",
+                        help="write the demo's photos to DIR (for the README's commands) and stop")
     args = parser.parse_args(argv)
+    if args.samples is not None:
+        for path in write_samples(args.samples):
+            print(path)
+        return 0
 
     import numpy as np
 
@@ -85,8 +113,9 @@ def main(argv=None) -> int:
     # the demo prints Hamming distances, so it runs the research policy that exposes scores;
     # a deployed service keeps the default, which answers with decisions only
     service = TemplateService(pipeline, store, app_secret=os.urandom(32), policy=ServicePolicy(expose_scores=True))
-    print(f"pipeline: MTCNN → {pipeline.hasher.spec['stage1_model']} → deep IoM {HASHER} (m={m}, q={q}); "
-          f"decision threshold {service.threshold:.4f} (calibrated at FAR {service.calibration['far']:g} on LFW)")
+    print(f"pipeline: MTCNN → {pipeline.hasher.spec['stage1_model']} → IoM hasher {HASHER} (m={m}, q={q}); "
+          f"decision threshold {service.threshold:.4f} (calibrated at FAR {service.calibration['far']:g} on "
+          f"{service.calibration.get('dataset', 'the calibration set')}, none of them in training)")
 
     def code_of(subject):
         record = store.active(subject)["verify"]

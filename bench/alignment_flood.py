@@ -47,6 +47,20 @@ def bomb_png(side: int = 5000) -> bytes:
     return data.tobytes()
 
 
+#: imported first by the server of ``--code_root``: an editable install of this checkout puts a
+#: finder on ``sys.meta_path`` that would otherwise win over ``PYTHONPATH``
+DROP_EDITABLE_FINDER = (
+    "import sys\n"
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n")
+
+
+def checkout_env(code_root: str, folder: str) -> dict:
+    """The environment that makes ``python -m iom...`` import the checkout at ``code_root``."""
+    with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+        f.write(DROP_EDITABLE_FINDER)
+    return {"PYTHONPATH": os.pathsep.join([folder, os.path.abspath(code_root)])}
+
+
 def percentile(values, q):
     import numpy as np
 
@@ -91,9 +105,12 @@ def main(argv=None) -> int:
 
     from iom.server.launch import LocalServer
 
+    import tempfile
+
     folder = os.path.join(args.raw, PERSON)
     photos = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))]
-    env = {"PYTHONPATH": os.path.abspath(args.code_root)} if args.code_root else {}
+    shim = tempfile.mkdtemp(prefix="flood-env-")
+    env = checkout_env(args.code_root, shim) if args.code_root else {}
     bomb = bomb_png()
     with LocalServer(env=env) as server:
         victim = server.add_key("victim", "client")

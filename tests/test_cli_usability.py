@@ -87,7 +87,8 @@ def test_compare_prints_similarity_decision_and_expected_rates(cli, loads, lfw):
     assert same["operating_point"]["expected_tar"] is not None
     rc, out, err = cli("compare", c, d, "--aligned", env={"IOMFACE_APP_SECRET": None})
     assert rc == 1, err                                                      # rejected: exit 1
-    assert out.startswith("different people: similarity ") and "expected TAR" in out and "FAR" in out
+    assert out.startswith(f"not the same person at FAR {point.far_target:g}: similarity ")   # not a finding of two people
+    assert "below the threshold" in out and "expected TAR" in out
     # the similarity is the fraction of agreeing groups of the two codes (training key)
     from iom.service.pipeline import Pipeline
 
@@ -293,8 +294,12 @@ def test_failed_enrolment_leaves_no_database_and_no_witness(cli, loads, tmp_path
     private_file(tmp_path / "token", TOKEN + "\n")
     cv2.imwrite(str(tmp_path / "noface.png"), np.zeros((200, 200, 3), np.uint8))
     rc, _, err = cli("enroll", "alice", "noface.png", "--token_file", "token", "--db", "new/fresh.db")
-    assert rc == 2 and one_error_line(err)
-    assert not (tmp_path / "new").exists()                                   # no file, no folder
+    assert rc == 2 and "the folder" in one_error_line(err) and "does not exist" in one_error_line(err)
+    assert not (tmp_path / "new").exists() and loads == []                   # a mistyped folder: refused first
+    (tmp_path / "new").mkdir()
+    rc, _, err = cli("enroll", "alice", "noface.png", "--token_file", "token", "--db", "new/fresh.db")
+    assert rc == 2 and "no face" in one_error_line(err)
+    assert os.listdir(tmp_path / "new") == []                                # no database, no -wal/-shm
     assert not list((tmp_path / "state").rglob("witness-*"))
     rc, _, err = cli("enroll", "alice", "noface.png", "--token_file", "token", env={"IOMFACE_APP_SECRET": None})
     assert rc == 2 and "IOMFACE_APP_SECRET" in one_error_line(err)           # no secret: nothing written
@@ -416,7 +421,7 @@ def test_readme_session_runs_as_written(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert out.startswith("same person: similarity ")
+    assert out.startswith("same person at FAR 0.001: similarity ")
     assert "2 subjects: 2 enrolled, 0 failed" in out and "Abel_Pacheco: accepted at FAR" in out
     assert "1. Akhmed_Zakayev\n(1:N threshold " in out and "2 pairs: 2 compared" in out
     assert re.search(r"Abel_Pacheco\s+active\s+enrolled ", out)

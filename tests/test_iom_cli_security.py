@@ -409,14 +409,20 @@ def test_cli_embeddings_need_allow_embeddings(cli, samples):
 
 
 def test_cli_new_database_is_private_and_iomface_db_is_honoured(cli, samples):
+    def enroll():
+        return cli("--allow_embeddings", "--json", "enroll", "alice", "--embeddings", "a.npz",
+                   "--token_file", "-", stdin=TOKEN + "\n", env={"IOMFACE_DB": "db/t.db"})
+
+    rc, out, err = enroll()                        # a folder that does not exist (a typo?): nothing made
+    assert rc == 2 and "the folder" in one_error_line(err) and "does not exist" in one_error_line(err)
+    assert not (samples / "db").exists() and not (samples / "iomface.db").exists()
+    (samples / "db").mkdir()
     old = os.umask(0o022)
     try:
-        rc, out, err = cli("--allow_embeddings", "--json", "enroll", "alice", "--embeddings", "a.npz",
-                           "--token_file", "-", stdin=TOKEN + "\n", env={"IOMFACE_DB": "db/t.db"})
+        rc, out, err = enroll()
     finally:
         os.umask(old)
     assert rc == 0, err
-    assert stat.S_IMODE(os.stat(samples / "db").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(samples / "db" / "t.db").st_mode) == 0o600
     assert not (samples / "iomface.db").exists()
 

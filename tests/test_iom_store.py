@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from iom.service import store as store_mod
-from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
+from iom.service.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
                                 StoreError, TemplateError, UnknownSubjectError)
 from iom.service.sqlite_store import SQLiteStore
 from iom.service.store import (MIGRATIONS, TemplateRecord, TemplateStore, record_checksum, utc_now,
@@ -204,6 +204,57 @@ def test_revoke_reissue_history(backend, store):
     store.reissue("bob", [rec("bob", "verify", code=b"only-verify")])
     assert set(store.active("bob")) == {"verify"}
     assert [r.subject_id for r in store.identify_gallery("arcface-r50/iom-512x16")[1]] == ["alice"]
+
+
+def test_a_subjects_version_counts_its_own_changes(backend, store):
+    """expected_version refers to the subject's own changes (1 after its enrolment, 2 after a
+    reissue, ...), whatever else the log holds; a stale one is a ConflictError that writes nothing."""
+    for k in range(9):                                   # nine people enrolled before
+        store.enroll(pair(f"p{k}"))
+    store.put_setting("some.setting", b"x")               # settings and attempts are in the log too
+    store.record_attempt("p0", "door", "verify", "rejected")
+    assert store.version("aaron") == 0
+    store.enroll(pair("aaron"))
+    store.enroll(pair("zoe"))
+    assert store.version("aaron") == 1 and store.version("zoe") == 1 and store.version("p3") == 1
+    head, before = store.head(), store.dump()
+    for stale in (0, 2, store.head()):
+        with pytest.raises(ConflictError, match=f"at version 1, not the expected {stale}"):
+            store.reissue("aaron", pair("aaron", code=b"new"), expected_version=stale)
+        with pytest.raises(ConflictError):
+            store.revoke("aaron", expected_version=stale)
+    assert store.dump() == before and store.head() == head
+    store.reissue("aaron", pair("aaron", code=b"new"), expected_version=1)
+    assert store.version("aaron") == 2
+    other = backend.open()                               # another connection sees the same versions
+    assert other.version("aaron") == 2 and other.version("zoe") == 1
+    # a change of the subject made meanwhile elsewhere: the version read before is stale
+    store.reissue("aaron", pair("aaron", code=b"newer"))
+    with pytest.raises(ConflictError, match="at version 3, not the expected 2"):
+        other.revoke("aaron", expected_version=2)
+    store.reissue("zoe", pair("zoe", code=b"z"), expected_version=1)       # another subject: no effect
+    assert other.revoke("aaron", expected_version=3) == 2
+    assert store.version("aaron") == 4
+    store.enroll(pair("aaron"))
+    assert store.version("aaron") == 5 and store.version("zoe") == 2
+    # the log itself is as before: one entry per change, consecutive, chained
+    events = store.events_since(0)
+    assert [e.seq for e in events] == list(range(1, store.head() + 1))
+    assert [e.op for e in events if e.subject_id == "aaron"] == ["enroll", "reissue", "reissue", "revoke", "enroll"]
+
+
+def test_concurrent_changes_at_one_version_one_wins(backend):
+    s = backend.open()
+    for k in range(5):
+        s.enroll(pair(f"p{k}"))
+    s.enroll(pair("alice"))
+    version = s.version("alice")
+    assert version == 1
+    results = _race(backend, 3, lambda st, i: st.reissue("alice", pair("alice", code=f"r{i}".encode()),
+                                                          expected_version=version))
+    assert sorted(type(r).__name__ for r in results) == ["ConflictError"] * 2 + ["list"], results
+    assert s.version("alice") == 2
+    check_invariants(s)
 
 
 def test_duplicate_enrollment_changes_nothing(store):

@@ -59,4 +59,6 @@ def _source_name(source) -> str:
         return os.fspath(source)
     if isinstance(source, np.ndarray):
         return "<array>"
-    return "<bytes>"
+    from arcface.data.images import bytes_name
+
+    return bytes_name(source)

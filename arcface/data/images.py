@@ -31,6 +31,23 @@ __all__ = ["decode_image", "image_size", "header_size", "encode_jpeg", "encode_p
 
 BytesLike = bytes | bytearray | memoryview
 
+
+class NamedBytes(bytes):
+    """Encoded image bytes that carry a name for messages (an upload's file name): errors about
+    them name it instead of ``"<bytes>"``."""
+
+    name: str
+
+    def __new__(cls, data: BytesLike, name: str):
+        obj = super().__new__(cls, data)
+        obj.name = str(name)
+        return obj
+
+
+def bytes_name(data) -> str:
+    """What a message calls encoded bytes: their :class:`NamedBytes` name, else ``"<bytes>"``."""
+    return getattr(data, "name", None) or "<bytes>"
+
 MAX_IMAGE_PIXELS = 40_000_000
 """Largest ``width * height`` :func:`decode_image` decodes (checked on the header first)."""
 
@@ -358,7 +375,7 @@ def decode_image(data: BytesLike | str | os.PathLike) -> np.ndarray:
             or :data:`MAX_DECODED_BYTES` (nothing is decoded then), or decoding ran out of memory.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
-        source = "<bytes>"
+        source = bytes_name(data)
         buf = bytes(data)
     elif isinstance(data, (str, os.PathLike)):
         source = os.fspath(data)

@@ -131,6 +131,8 @@ def uvicorn_options(args) -> dict:
 
 def serve(args, request) -> int:
     """Run the server until interrupted; returns the exit code."""
+    import sys
+
     import uvicorn
 
     from iom.server.logs import setup_logging
@@ -147,6 +149,12 @@ def serve(args, request) -> int:
         "store": scrub_dsn(request.location, request.location), "tls": args.tls_cert is not None,
         "operating_point": service.operating_point.to_dict(), "admin_scores": args.admin_scores,
         "gallery": service.gallery_spec.describe()}})
-    uvicorn.run(app, **uvicorn_options(args))
+    try:
+        uvicorn.run(app, **uvicorn_options(args))
+    except SystemExit as e:             # uvicorn exits when it cannot listen (the port taken meanwhile)
+        service.store.close()
+        print(f"error: serve: cannot listen on {args.host}:{args.port} (taken meanwhile?); "
+              f"uvicorn exited with status {e.code}", file=sys.stderr, flush=True)
+        return 2
     service.store.close()
     return 0

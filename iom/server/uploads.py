@@ -37,7 +37,7 @@ class UploadLimits:
 def read_photo(upload, limits: UploadLimits, field: str = "photo") -> bytes:
     """The bytes of an uploaded file (a Starlette ``UploadFile``), checked: not empty, at most
     ``max_photo_bytes``, an image whose header says at most ``max_pixels`` pixels."""
-    from arcface.data.images import header_size
+    from arcface.data.images import NamedBytes, header_size
 
     name = f"{field} {upload.filename!r:.60}" if upload.filename else field
     upload.file.seek(0)
@@ -50,7 +50,7 @@ def read_photo(upload, limits: UploadLimits, field: str = "photo") -> bytes:
     if width * height > limits.max_pixels:
         raise PayloadTooLargeError(f"{name} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels), "
                                    f"over the {limits.max_pixels / 1e6:g}-megapixel limit")
-    return data
+    return NamedBytes(data, name)       # a photo that has no face or does not decode is named by its file name
 
 
 def parse_code(text: str) -> list[int]:

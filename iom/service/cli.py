@@ -80,7 +80,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from iom.defaults import DEFAULT_HASHER  # noqa: E402
-from iom.service.cli_commands import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, run  # noqa: E402,F401
+from iom.service.cli_commands import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, needs_model, run  # noqa: E402,F401
 from iom.service.cli_inputs import (DEFAULT_DB, LITERAL_SECRET_OPTIONS, literal_secret_option,  # noqa: E402,F401
                                     read_secret_file, read_token, store_location, witness_path)
 from iom.service.cli_output import format_result, one_line  # noqa: E402
@@ -103,6 +103,23 @@ class _Parser(argparse.ArgumentParser):
             options = [w.split("=", 1)[0] for w in message[len(prefix):].split() if w.startswith("-")]
             message = prefix + (" ".join(options) + " " if options else "") + "(values not shown)"
         self.exit(EXIT_ERROR, f"error: {self.prog}: {message}\n")
+
+
+class _CommandParser(_Parser):
+    """A command's parser: options may come between positional arguments
+    (``enroll tracy --token_file t.token photo.jpg``), as :meth:`parse_known_intermixed_args`
+    parses them (which calls this method again: the flag keeps it from recursing)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 # ---------------------------------------------------------------------------- the parser
@@ -166,14 +183,18 @@ COMMAND_HELP = {
     "verify": ("Verify a photo against a subject's template (1:1).",
                "Prints accepted or rejected with the operating point's expected TAR and FAR. An unknown or\n"
                "revoked subject is rejected like a different face (no enumeration). Exit 0 if accepted,\n"
-               "1 if rejected.",
+               "1 if rejected. --batch FILE verifies every SUBJECT<TAB>PHOTO line with one model load, a\n"
+               "line each and a summary; exit 0 if every line was answered, 1 if some failed (no face...).",
                ["iomface verify alice probe.jpg --token_file alice.token",
-                "iomface verify alice probe.jpg --token_file - --far 1e-4 <<< \"$ALICE_TOKEN\""]),
+                "iomface verify alice probe.jpg --token_file - --far 1e-4 <<< \"$ALICE_TOKEN\"",
+                "iomface verify --batch probes.tsv --tokens_file tokens.tsv   # SUBJECT<TAB>PHOTO lines"]),
     "identify": ("Find the enrolled subjects matching a photo (1:N).",
                  "Candidates accepted at the 1:N threshold of the gallery's size (FPIR 1%), best first, at\n"
-                 "most --top_k. Exit 0 if there is a candidate, 1 if none. --cluster searches the gallery in\n"
-                 "--shards shards held by the workers of a Ray cluster (same answers).",
+                 "most --top_k. Exit 0 if there is a candidate, 1 if none. --batch FILE identifies every photo\n"
+                 "listed in FILE (a line each, one model load; exit 0 if every line was answered). --cluster\n"
+                 "searches the gallery in --shards shards held by the workers of a Ray cluster (same answers).",
                  ["iomface identify probe.jpg", "iomface identify probe.jpg --top_k 1 --json",
+                  "iomface identify --batch photos.txt                            # a photo per line",
                   "iomface identify probe.jpg --cluster local --shards 2"]),
     "revoke": ("Revoke every active template of a subject.",
                "Needs the current token with a fresh photo (--token_file F --proof PHOTO) or the\n"
@@ -225,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iomface", description=__doc__, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser,
                                 title="commands (iomface COMMAND --help for each)")
 
     def command(name: str) -> argparse.ArgumentParser:
@@ -269,12 +290,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", default=None, help=".npz whose 'embeddings' rows are the new samples")
     proof(p)
     p = command("verify")
-    p.add_argument("subject", metavar="SUBJECT", help="the subject id")
+    p.add_argument("subject", metavar="SUBJECT", nargs="?", help="the subject id (omit with --batch)")
     p.add_argument("photo", metavar="PHOTO", nargs="?", help="the probe photo")
     token_file(p)
     p.add_argument("--embeddings", default=None, help=".npz whose first row is the probe")
+    p.add_argument("--batch", default=None, metavar="FILE",
+                   help="verify every SUBJECT<TAB>PHOTO line of FILE with one model load (tokens from --tokens_file)")
+    p.add_argument("--tokens_file", default=None, help="with --batch: SUBJECT<TAB>TOKEN lines (chmod 600)")
     p = command("identify")
     p.add_argument("photo", metavar="PHOTO", nargs="?", help="the probe photo")
+    p.add_argument("--batch", default=None, metavar="FILE",
+                   help="identify every photo listed in FILE (one per line) with one model load")
     p.add_argument("--top_k", type=int, default=5, help="at most this many candidates (default 5)")
     p.add_argument("--embeddings", default=None, help=".npz whose first row is the probe")
     _gallery_options(p)
@@ -380,7 +406,7 @@ def main(argv=None) -> int:
             result, code = key_command(args)
         else:
             request = Request(args)                   # every input checked before Keras is imported
-            if not args.verbose:
+            if not args.verbose and needs_model(args):
                 from arcface.cli import import_backend_quietly
 
                 import_backend_quietly()

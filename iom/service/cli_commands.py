@@ -14,7 +14,17 @@ from iom.service.cli_request import Request
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 #: commands that load no model
-MODEL_FREE_COMMANDS = ("list", "show")
+MODEL_FREE_COMMANDS = ("list", "show", "set-admin", "device-key")
+
+
+def needs_model(args) -> bool:
+    """Whether the parsed command loads the face model (and so imports Keras): not the
+    store-only commands, nor a revoke proved by the administrator secret."""
+    if args.command in MODEL_FREE_COMMANDS:
+        return False
+    if args.command == "revoke" and getattr(args, "token_file", None) is None:
+        return False
+    return True
 
 
 class _Quiet:
@@ -239,17 +249,28 @@ def _store_command(args, request) -> tuple[object, int]:
     witness = witness_path(args.witness, request.location)
     with _StoreGuard(request.location, witness) as store:
         cmd = args.command
-        if cmd in MODEL_FREE_COMMANDS:
+        store.authenticate(row_key(request.secret), witness)   # a wrong secret is said before the model loads
+        if cmd in ("list", "show"):
             from iom.service.service import TemplateService
 
-            store.authenticate(row_key(request.secret), witness)
             if cmd == "list":
                 return TemplateService.subject_rows(store, args.all), EXIT_OK
             return TemplateService.describe(store, args.subject), EXIT_OK
         if cmd in ("revoke", "reissue"):
-            store.authenticate(row_key(request.secret), witness)
             _check_subject_before_loading(store, args)
         calibration, _ = _operating_point(args, request)     # a bad --far fails before the model loads
+        if not needs_model(args):
+            from iom.service.pipeline import ModelFreePipeline
+            from iom.service.service import TemplateService
+
+            service = TemplateService(ModelFreePipeline(request.model), store, request.secret,
+                                      calibration=calibration, witness=witness, far=args.far,
+                                      threshold=args.threshold)
+            if cmd == "set-admin":
+                service.set_admin_credential(request.new_admin, current_secret=request.admin)
+                return {"admin_credential": "set"}, EXIT_OK
+            n = service.revoke(args.subject, expected_version=args.expected_version, **request.proof)
+            return {"subject": args.subject, "revoked": n}, EXIT_OK
         gallery = getattr(request, "gallery", None)
         if gallery is not None and gallery.sharded:          # so does a cluster that cannot be joined
             start = time.perf_counter()
@@ -262,9 +283,6 @@ def _store_command(args, request) -> tuple[object, int]:
         service = TemplateService(pipeline, store, request.secret, calibration=calibration,
                                   policy=ServicePolicy(allow_embeddings=args.allow_embeddings),
                                   witness=witness, far=args.far, threshold=args.threshold, gallery_spec=gallery)
-        if cmd == "set-admin":
-            service.set_admin_credential(request.new_admin, current_secret=request.admin)
-            return {"admin_credential": "set"}, EXIT_OK
         if cmd == "enroll" and args.from_folder is not None:
             return _enroll_folder(args, request, service)
         if cmd == "enroll":
@@ -278,6 +296,10 @@ def _store_command(args, request) -> tuple[object, int]:
         if cmd == "revoke":
             n = service.revoke(args.subject, expected_version=args.expected_version, **request.proof)
             return {"subject": args.subject, "revoked": n}, EXIT_OK
+        if cmd == "verify" and args.batch is not None:
+            return _verify_batch(args, request, service)
+        if cmd == "identify" and args.batch is not None:
+            return _identify_batch(args, request, service)
         probe = None if request.embeddings is None else request.embeddings[:1]
         if cmd == "verify":
             d = service.verify(args.subject, args.photo, request.token, embedding=probe)
@@ -288,6 +310,49 @@ def _store_command(args, request) -> tuple[object, int]:
         out = [{"subject": c.subject_id, "rank": c.rank} for c in hits]
         return ({"candidates": out, "operating_point": service.identification_point()},
                 EXIT_OK if out else EXIT_REJECTED)
+
+
+def _verify_batch(args, request, service) -> tuple[dict, int]:
+    """Every ``SUBJECT<TAB>PHOTO`` line of ``--batch``: accepted, rejected, or the error of that line."""
+    from arcface.errors import IomfaceError
+
+    results = []
+    with _progress(len(request.batch), "verifying", args.verbose) as bar:
+        for subject, photo in request.batch:
+            item = {"subject": subject, "photo": photo}
+            try:
+                item["accepted"] = bool(service.verify(subject, photo, request.tokens[subject]).accepted)
+            except IomfaceError as e:
+                item["error"] = one_line(str(e))
+            results.append(item)
+            bar.update(1)
+    answered = [r for r in results if "error" not in r]
+    summary = {"lines": len(results), "accepted": sum(r["accepted"] for r in answered),
+               "rejected": sum(not r["accepted"] for r in answered), "failed": len(results) - len(answered),
+               "operating_point": service.operating_point.to_dict()}
+    return {"results": results, "summary": summary}, EXIT_OK if len(answered) == len(results) else EXIT_REJECTED
+
+
+def _identify_batch(args, request, service) -> tuple[dict, int]:
+    """Every photo of ``--batch``: its accepted candidates, or the error of that line."""
+    from arcface.errors import IomfaceError
+
+    results = []
+    with _progress(len(request.batch), "identifying", args.verbose) as bar:
+        for (photo,) in request.batch:
+            item = {"photo": photo}
+            try:
+                item["candidates"] = [{"subject": c.subject_id, "rank": c.rank}
+                                      for c in service.identify(photo, args.top_k)]
+            except IomfaceError as e:
+                item["error"] = one_line(str(e))
+            results.append(item)
+            bar.update(1)
+    answered = [r for r in results if "error" not in r]
+    summary = {"lines": len(results), "matched": sum(bool(r["candidates"]) for r in answered),
+               "no_match": sum(not r["candidates"] for r in answered), "failed": len(results) - len(answered),
+               "operating_point": service.identification_point()}
+    return {"results": results, "summary": summary}, EXIT_OK if len(answered) == len(results) else EXIT_REJECTED
 
 
 def _templates(ids) -> list[dict]:

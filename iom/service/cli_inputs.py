@@ -159,6 +159,20 @@ def sqlite_file(location: str) -> str | None:
     return location
 
 
+def require_store_folder(location: str) -> None:
+    """A new SQLite store goes into a folder that exists: a mistyped ``--db`` folder is an
+    :class:`InvalidInputError`, not a tree of new folders holding an empty database."""
+    from iom.service.errors import InvalidInputError
+
+    path = sqlite_file(location)
+    if path is None or os.path.isfile(path):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InvalidInputError(f"--db {path}: the folder {folder} does not exist (a typo?); create it first "
+                                "if the database is to live there")
+
+
 def require_existing_store(location: str, command: str) -> None:
     """A read or change of enrolled templates needs a store that exists: a missing SQLite file
     is an :class:`InvalidInputError` (the command must not create an empty database)."""
@@ -171,9 +185,10 @@ def require_existing_store(location: str, command: str) -> None:
 
 
 def check_photo_files(paths, what: str = "photo", aligned_size: int | None = None) -> list[str]:
-    """Each path is a readable, non-empty regular file of at most the pipeline's size limit;
-    with ``aligned_size``, also an image of exactly that many pixels a side (its header is
-    read, nothing decoded): :class:`InvalidInputError` naming the file otherwise."""
+    """Each path is a readable, non-empty regular file of at most the pipeline's size limit
+    whose header is an image in a supported format within the decode limits (read, nothing
+    decoded); with ``aligned_size``, of exactly that many pixels a side:
+    :class:`InvalidInputError` naming the file otherwise."""
     from arcface.errors import IomfaceError
     from iom.service.errors import InvalidInputError
     from iom.service.pipeline import MAX_PHOTO_BYTES
@@ -192,13 +207,13 @@ def check_photo_files(paths, what: str = "photo", aligned_size: int | None = Non
             raise InvalidInputError(f"{what} {path}: {size:,} bytes exceeds the {MAX_PHOTO_BYTES:,}-byte limit")
         if not os.access(path, os.R_OK):
             raise InvalidInputError(f"{what} {path}: not readable (permission denied)")
-        if aligned_size is not None:
-            from arcface.data.images import image_size
+        from arcface.data.images import image_size
 
-            try:
-                width, height = image_size(path)
-            except IomfaceError as e:
-                raise InvalidInputError(f"{what} {path}: {e}") from None
+        try:
+            width, height = image_size(path)      # every photo's header, before any model loads
+        except IomfaceError as e:
+            raise InvalidInputError(f"{what} {path}: {e}") from None
+        if aligned_size is not None:
             if (width, height) != (aligned_size, aligned_size):
                 raise InvalidInputError(
                     f"{what} {path} is {width}x{height}, not an aligned {aligned_size}x{aligned_size} face "
@@ -249,6 +264,8 @@ def read_pairs_file(path: str) -> list[tuple[str, str, bool | None]]:
 
     text = _read_small_text(path, "pairs file")
     base = os.path.dirname(os.path.abspath(path))
+    if _is_lfw_pairs(text):
+        return _lfw_pairs(path, base)
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -269,6 +286,36 @@ def read_pairs_file(path: str) -> list[tuple[str, str, bool | None]]:
     if not pairs:
         raise InvalidInputError(f"pairs file {path}: no pairs in it")
     return pairs
+
+
+def _is_lfw_pairs(text: str) -> bool:
+    """Whether a pairs file is in LFW's own format: an optional ``FOLDS<TAB>N`` header, then
+    ``NAME<TAB>I<TAB>J`` (same person) and ``NAME1<TAB>I<TAB>NAME2<TAB>J`` lines."""
+    for line in text.splitlines():
+        fields = line.strip().split("\t")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        digits = [f.isascii() and f.isdigit() for f in fields]
+        return (len(fields) == 2 and all(digits)) or (len(fields) == 3 and digits[1:] == [True, True]) or \
+            (len(fields) == 4 and digits == [False, True, False, True])
+    return False
+
+
+def _lfw_pairs(path: str, base: str) -> list[tuple[str, str, bool | None]]:
+    """The pairs of an LFW-format file, photos ``NAME/NAME_XXXX.jpg`` beside it (as LFW lays them out)."""
+    from arcface.data.pairs import read_lfw_pairs
+    from arcface.errors import DataFormatError
+    from iom.service.errors import InvalidInputError
+
+    try:
+        pairs = read_lfw_pairs(path)
+    except DataFormatError as e:
+        raise InvalidInputError(f"pairs file {path} (LFW format): {e}") from None
+
+    def photo(name: str, index: int) -> str:
+        return os.path.join(base, name, f"{name}_{index:04d}.jpg")
+
+    return [(photo(p.name1, p.idx1), photo(p.name2, p.idx2), bool(p.issame)) for p in pairs]
 
 
 def subject_folders(folder: str) -> list[tuple[str, list[str]]]:
@@ -299,6 +346,37 @@ def subject_folders(folder: str) -> list[tuple[str, list[str]]]:
     if not out:
         raise InvalidInputError(f"--from-folder {folder}: no sub-folders (one per subject, holding their photos)")
     return out
+
+
+def read_batch_file(path: str, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The lines of a batch file: tab-separated ``columns`` (the last one a photo, relative to the
+    file's folder unless absolute; ``SUBJECT`` checked as a subject id). Blank lines and lines
+    starting with ``#`` are skipped; a malformed line is an :class:`InvalidInputError` naming
+    its number."""
+    from iom.service.errors import InvalidInputError
+    from iom.service.store import check_subject_id
+
+    text = _read_small_text(path, "batch file")
+    base = os.path.dirname(os.path.abspath(path))
+    items = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")] if len(columns) > 1 else [line.strip()]
+        if len(fields) != len(columns) or not all(fields):
+            raise InvalidInputError(f"--batch {path}, line {number}: expected {'<TAB>'.join(columns)}, got "
+                                    f"{len(fields)} field(s)")
+        if columns[0] == "SUBJECT":
+            try:
+                fields[0] = check_subject_id(fields[0])
+            except InvalidInputError as e:
+                raise InvalidInputError(f"--batch {path}, line {number}: {e}") from None
+        photo = fields[-1]
+        fields[-1] = photo if os.path.isabs(photo) else os.path.join(base, photo)
+        items.append(tuple(fields))
+    if not items:
+        raise InvalidInputError(f"--batch {path}: no line to process in it")
+    return items
 
 
 def read_tokens_table(path: str) -> dict[str, bytes]:
@@ -335,3 +413,30 @@ def create_private_file(path: str, option: str):
     except OSError as e:
         raise InvalidInputError(f"{option} {path}: {e.strerror or e}") from None
     return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """``serve``'s address can be listened on now (checked before the model loads and the
+    store opens): :class:`InvalidInputError` naming it when it is taken or not this machine's."""
+    import errno
+    import socket
+
+    from iom.service.errors import InvalidInputError
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise InvalidInputError(f"--host {host}: cannot be resolved ({e.strerror or e})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn does
+        try:
+            sock.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InvalidInputError(f"--port {port}: {host}:{port} is already in use (another server?); "
+                                        "stop it or choose another --port") from None
+            raise InvalidInputError(f"--host {host} --port {port}: cannot listen there "
+                                    f"({e.strerror or e})") from None

@@ -18,12 +18,46 @@ def _point_text(point: dict) -> str:
     return f"{head}: expected TAR {tar}, FAR {far} on {point['calibration_set']}"
 
 
+def compare_text(similarity: float, accepted: bool, point: dict) -> str:
+    """A comparison's verdict at its operating point, with the similarity's distance to the
+    threshold: a rejection is "not the same person at FAR x", not a finding of two people."""
+    where = f"FAR {point['far_target']:g}" if point["far_target"] is not None else f"threshold {point['threshold']:.4f}"
+    gap = similarity - point["threshold"]
+    verdict = f"same person at {where}" if accepted else f"not the same person at {where}"
+    side = f"{gap:.3f} above" if gap >= 0 else f"{-gap:.3f} below"
+    tar = "unknown" if point["expected_tar"] is None else f"{point['expected_tar']:.3f}"
+    far = "unknown" if point["expected_far"] is None else f"{point['expected_far']:.1e}"
+    return (f"{verdict}: similarity {similarity:.3f}, {side} the threshold {point['threshold']:.4f} "
+            f"(expected TAR {tar}, FAR {far} on {point['calibration_set']})")
+
+
+def batch_text(command: str, result: dict) -> str:
+    """A line per batch line and a summary (``verify --batch``, ``identify --batch``)."""
+    lines = []
+    for r in result["results"]:
+        head = f"{r['subject']}  {r['photo']}" if command == "verify" else r["photo"]
+        if "error" in r:
+            lines.append(f"{head}  error: {r['error']}")
+        elif command == "verify":
+            lines.append(f"{head}  {'accepted' if r['accepted'] else 'rejected'}")
+        else:
+            found = ", ".join(f"{c['rank']}. {c['subject']}" for c in r["candidates"]) or "no match"
+            lines.append(f"{head}  {found}")
+    s = result["summary"]
+    if command == "verify":
+        tail = (f"{s['lines']} lines: {s['accepted']} accepted, {s['rejected']} rejected, {s['failed']} failed; "
+                f"{_point_text(s['operating_point'])}")
+    else:
+        p = s["operating_point"]
+        where = "" if p["threshold"] is None else f"; 1:N threshold {p['threshold']:.4f} for {p['gallery_size']} templates"
+        tail = f"{s['lines']} photos: {s['matched']} matched, {s['no_match']} no match, {s['failed']} failed{where}"
+    return "\n".join(lines + [tail])
+
+
 def format_result(command: str, result) -> str:
     """The human-readable lines of a command's result."""
     if command == "compare":
-        verdict = "same person" if result["accepted"] else "different people"
-        return (f"{verdict}: similarity {result['similarity']:.3f}, "
-                f"{'accepted' if result['accepted'] else 'rejected'} {_point_text(result['operating_point'])}")
+        return compare_text(result["similarity"], result["accepted"], result["operating_point"])
     if command == "verify-pairs":
         lines = []
         for r in result["results"]:
@@ -47,6 +81,8 @@ def format_result(command: str, result) -> str:
                 f"q={result['q']}). Provision it to that device only (its secure storage): the device sends "
                 "reference.relabel(code, bytes.fromhex(KEY), m, q) of the exported model's code, with the API "
                 f"key named {result['device']!r}.")
+    if command in ("verify", "identify") and "results" in result:
+        return batch_text(command, result)
     if command == "verify":
         return (f"{result['subject']}: {'accepted' if result['accepted'] else 'rejected'} "
                 f"{_point_text(result['operating_point'])}")

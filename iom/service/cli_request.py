@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from iom.service.cli_inputs import (admin_secret, app_secret, check_photo_files, read_pairs_file,
+from iom.service.cli_inputs import (admin_secret, app_secret, check_photo_files, check_port_free, read_pairs_file,
                                     read_secret_file, read_token, read_tokens_table, require_existing_store,
-                                    store_location, subject_folders)
+                                    require_store_folder, store_location, subject_folders, read_batch_file)
 
 #: commands that may create a SQLite database (every other one needs an existing one)
 CREATING_COMMANDS = ("enroll", "set-admin", "serve")
@@ -47,9 +47,14 @@ def _check_options(args) -> None:
             path = getattr(args, option)
             if path is not None and not os.path.isfile(path):
                 raise InvalidInputError(f"--{option} {path}: no such file")
-        from iom.server.serve import trusted_proxies
+        from iom.server.serve import keys_file, trusted_proxies
 
+        path = keys_file(args)
+        if not os.path.isfile(path):
+            raise InvalidInputError(f"--keys_file {path}: no such file (create it with: iomface add-key NAME "
+                                    f"--role admin --keys_file {path})")
         trusted_proxies(args.forwarded_allow_ips)
+        check_port_free(args.host, args.port)
         if args.detectors < 1:
             raise InvalidInputError(f"--detectors must be at least 1, got {args.detectors}")
         if not 0.0002 <= args.max_detect_megapixels <= args.max_megapixels:
@@ -81,7 +86,7 @@ def _check_options(args) -> None:
             if args.token_file is None:
                 raise InvalidInputError("enroll SUBJECT needs --token_file FILE (the subject's token on one "
                                         "line; '-' reads it from standard input)")
-    if args.command == "verify" and args.token_file is None:
+    if args.command == "verify" and args.batch is None and args.token_file is None:
         raise InvalidInputError("verify needs --token_file FILE (the subject's token on one line; '-' reads "
                                 "it from standard input)")
     if args.command in ("revoke", "reissue"):
@@ -130,6 +135,8 @@ class Request:
         self.admin = admin_secret(args)
         if cmd not in CREATING_COMMANDS:
             require_existing_store(self.location, cmd)
+        else:
+            require_store_folder(self.location)
         if cmd == "reissue":                 # stdin order: the current token, then the new one
             self.token = read_token(args.token_file, "--token_file", stdin) if args.token_file else None
             self.new_token = read_token(args.new_token_file, "--new_token_file", stdin)
@@ -161,9 +168,13 @@ class Request:
             if self.embeddings is None and not args.photos:
                 raise InvalidInputError(f"{cmd}: give photos or --embeddings")
             photos = list(args.photos)
+        elif cmd in ("verify", "identify") and args.batch is not None:
+            photos = self._read_batch(args)
         elif cmd in ("verify", "identify"):
             if self.embeddings is None and args.photo is None:
                 raise InvalidInputError(f"{cmd}: give a photo or --embeddings")
+            if cmd == "verify" and args.subject is None:
+                raise InvalidInputError("verify: give SUBJECT PHOTO (or --batch FILE)")
             photos = [] if args.photo is None else [args.photo]
         if cmd in ("revoke", "reissue") and "user_token" in self.proof:
             proof_emb = _embeddings(args.proof_embeddings)
@@ -180,6 +191,27 @@ class Request:
             from iom.service.galleries import check_reachable
 
             check_reachable(self.gallery.cluster)     # a socket connect: a head that is not there fails now
+
+    def _read_batch(self, args) -> list[str]:
+        """``--batch``: its lines (``self.batch``), the tokens of every subject to verify
+        (``--tokens_file``), checked before anything loads; the photos to check."""
+        from iom.service.errors import InvalidInputError
+
+        given = [o for o, v in (("SUBJECT", getattr(args, "subject", None)), ("PHOTO", args.photo),
+                                ("--embeddings", args.embeddings)) if v is not None]
+        if given:
+            raise InvalidInputError(f"{args.command} --batch takes no {', '.join(given)}: every line of the file is one")
+        columns = ("SUBJECT", "PHOTO") if args.command == "verify" else ("PHOTO",)
+        self.batch = read_batch_file(args.batch, columns)
+        if args.command == "verify":
+            if args.tokens_file is None:
+                raise InvalidInputError("verify --batch needs --tokens_file (SUBJECT<TAB>TOKEN lines, chmod 600)")
+            self.tokens = read_tokens_table(args.tokens_file)
+            missing = sorted({s for s, _ in self.batch} - set(self.tokens))
+            if missing:
+                raise InvalidInputError(f"--tokens_file {args.tokens_file} has no token for {len(missing)} subject(s) "
+                                        f"of the batch: {', '.join(missing[:5])}")
+        return [item[-1] for item in self.batch]
 
     @staticmethod
     def _check_new_file(path: str, option: str) -> None:

@@ -115,8 +115,10 @@ class Pipeline:
         image = decode_image(photo) if not isinstance(photo, np.ndarray) else np.asarray(photo)
         size = self.embedder.input_size
         if image.shape[:2] != (size, size):
-            raise InvalidInputError(f"without an aligner photos must be aligned {size}x{size} crops, "
-                                    f"got {image.shape[1]}x{image.shape[0]}")
+            from arcface.align.inputs import _source_name
+
+            raise InvalidInputError(f"{_source_name(photo)}: without an aligner photos must be aligned {size}x{size} "
+                                    f"crops, got {image.shape[1]}x{image.shape[0]}")
         return image
 
     def embed_photos(self, photos: Sequence) -> np.ndarray:
@@ -163,3 +165,22 @@ class Pipeline:
         if norm < 1e-6:
             raise InvalidInputError("the samples cancel out (their embeddings sum to zero)")
         return (mean / norm)[None].astype(np.float32), len(x)
+
+
+class _CodeShape:
+    def __init__(self, m: int, q: int):
+        self.m, self.q = int(m), int(q)
+
+
+class ModelFreePipeline:
+    """A shipped hasher's identity (model id, code shape) without its networks: what the
+    template service needs for the commands that touch no face (list, show, an administrator's
+    revoke, set-admin), so they never import Keras. Anything that needs a face raises."""
+
+    def __init__(self, info: dict):
+        self.model_id, self.hasher = info["model_id"], _CodeShape(info["m"], info["q"])
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise InvalidInputError(f"this command loaded no model: {name} needs the face pipeline")

@@ -54,7 +54,9 @@ audit_log.addHandler(logging.NullHandler())
 
 def _device_row(device: str) -> str:
     """The attempt log's subject column for a device's identifications with codes."""
-    return f"device:{device}"
+    from iom.service.store import DEVICE_ATTEMPTS
+
+    return f"{DEVICE_ATTEMPTS}{device}"
 
 
 class _Sample:

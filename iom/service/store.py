@@ -52,7 +52,8 @@ new entries at each transaction, so an edited or truncated log, or a row that is
 although the log revoked it (a replayed old row), is a ``StoreError``. A rollback of the
 whole database to an earlier consistent state is noticed by a process that saw the later
 log, and, with a *witness* file kept off the database's storage, by any process.
-A subject's *version* is the sequence number of its latest log entry; ``revoke`` and
+A subject's *version* counts its own log entries (1 after its enrolment, 2 after a reissue, ...;
+other subjects' changes leave it alone); ``revoke`` and
 ``reissue`` take an ``expected_version`` and raise :class:`~iom.service.errors.ConflictError`
 when it moved.
 
@@ -247,6 +248,11 @@ def _script(c: str) -> str:
     return unicodedata.name(c, "UNKNOWN").split(" ")[0]
 
 
+#: the characters besides letters, digits and combining marks a subject id may hold: none that a
+#: shell or a URL path gives a meaning to (``!``, ``/``, ``?``, ``#``, ``%``, ``&``, ``*``, ...)
+SUBJECT_ID_PUNCTUATION = " ._-@+'"
+
+
 def check_subject_id(subject_id: Any) -> str:
     """The canonical form of a subject id, or :class:`InvalidInputError` naming the problem.
 
@@ -255,8 +261,10 @@ def check_subject_id(subject_id: Any) -> str:
     (zero-width space, bidirectional overrides), separators other than the ASCII space,
     leading or trailing space, compatibility forms (full-width letters, ligatures,
     super- and subscripts: NFKC would change them) and letters of several scripts in one
-    id (``аlice`` with a Cyrillic ``а``). Ids written entirely in another script that merely
-    resemble a Latin id (whole-script confusables) are not detected.
+    id (``аlice`` with a Cyrillic ``а``), and any character other than letters, digits, combining
+    marks and :data:`SUBJECT_ID_PUNCTUATION` (``bad id!``: ``!`` means something to a shell, ``/``,
+    ``?``, ``#`` and ``%`` to a URL). Ids written entirely in another script that merely resemble
+    a Latin id (whole-script confusables) are not detected.
     """
     value = _check_text(subject_id, "subject_id")
     value = unicodedata.normalize("NFC", value)
@@ -267,6 +275,11 @@ def check_subject_id(subject_id: Any) -> str:
                                     f"character U+{ord(c):04X} ({unicodedata.name(c, category)})")
     if value != value.strip():
         raise InvalidInputError(f"subject_id {value!r:.80} starts or ends with a space")
+    for c in value:
+        if not (unicodedata.category(c)[0] in "LMN" or c in SUBJECT_ID_PUNCTUATION):
+            raise InvalidInputError(f"subject_id {value!r:.80} contains {c!r} (U+{ord(c):04X} "
+                                    f"{unicodedata.name(c, 'control character')}): ids are letters, digits, "
+                                    f"spaces and {' '.join(SUBJECT_ID_PUNCTUATION.strip())}")
     if unicodedata.normalize("NFKC", value) != value:
         raise InvalidInputError(f"subject_id {value!r:.80} contains compatibility characters "
                                 f"(full-width forms, ligatures, super/subscripts); write "
@@ -276,6 +289,21 @@ def check_subject_id(subject_id: Any) -> str:
         raise InvalidInputError(f"subject_id {value!r:.80} mixes letters of several scripts "
                                 f"({', '.join(sorted(scripts))}): ids that look alike must be one id")
     return value
+
+
+#: the prefix of the attempt log's rows about a device (its API key's name) rather than a subject:
+#: subject ids hold no ``:``, so the two never meet
+DEVICE_ATTEMPTS = "device:"
+
+
+def attempt_subject(value: Any) -> str:
+    """Whom an attempt row is about: ``""`` (no one), a subject id (checked), or
+    ``"device:NAME"`` (NAME checked like a subject id)."""
+    if not value:
+        return ""
+    if isinstance(value, str) and value.startswith(DEVICE_ATTEMPTS):
+        return DEVICE_ATTEMPTS + check_subject_id(value[len(DEVICE_ATTEMPTS):])
+    return check_subject_id(value)
 
 
 def _check_int(value: Any, field: str, lo: int, hi: int, what: str) -> int:
@@ -696,6 +724,11 @@ class TemplateStore(abc.ABC):
             event = self._event_from_row(row)
             if event.seq != seq + 1 or event.op not in EVENT_OPS or \
                     not hmac.compare_digest(event_mac(event, mac, self._row_key), event.mac):
+                if self._wrong_key(rows):
+                    raise StoreError(f"{self.location()}: the application secret does not open this database: "
+                                     f"none of the {len(rows)} entries of its event log checked authenticates "
+                                     "under it. Is IOMFACE_APP_SECRET (or --secret_file) the secret this "
+                                     "database was created with? (Else every entry of its log was forged.)")
                 raise StoreError(f"{self.location()}: event {event.seq} of the log fails authentication "
                                  "(edited, removed or inserted entries)")
             seq, mac = event.seq, event.mac
@@ -703,6 +736,18 @@ class TemplateStore(abc.ABC):
         self._head = (seq, mac)
         self._revoked |= revoked
         self._synced = True
+
+    def _wrong_key(self, rows: Sequence[tuple]) -> bool:
+        """Whether every entry of ``rows`` (consecutive log rows) fails its MAC against the MAC
+        stored before it: a wrong key, not an edited entry (an edit breaks one entry's MAC,
+        the entries after it still check against the stored chain)."""
+        events = [self._event_from_row(r) for r in rows]
+        before = {e.seq: e.mac for e in events}
+        first = self._exec("SELECT mac FROM events WHERE seq = ?", (events[0].seq - 1,)) if events[0].seq > 1 \
+            else [(b"",)]
+        before[events[0].seq - 1] = bytes(first[0][0]) if first else b""
+        return all(e.seq - 1 in before and not hmac.compare_digest(
+            event_mac(e, before[e.seq - 1], self._row_key), e.mac) for e in events)
 
     def _append_event(self, subject_id: str, op: str, revoked_ids: Sequence[int],
                       new_ids: Sequence[int]) -> None:
@@ -880,12 +925,13 @@ class TemplateStore(abc.ABC):
             return ids
 
     def _version(self, subject_id: str) -> int:
-        rows = self._exec("SELECT MAX(seq) FROM events WHERE subject_id = ? AND op <> 'setting'", (subject_id,))
+        rows = self._exec("SELECT COUNT(*) FROM events WHERE subject_id = ? AND op <> 'setting'", (subject_id,))
         return int(rows[0][0] or 0)
 
     def version(self, subject_id: str) -> int:
-        """The subject's version: the sequence number of its latest logged change (0 if
-        none); every enrolment, revocation and reissue raises it."""
+        """The subject's version: how many changes of this subject the log holds (0 if none,
+        1 after its enrolment); every enrolment, revocation and reissue of the subject raises it
+        by one, changes of other subjects leave it alone."""
         subject_id = check_subject_id(subject_id)
         with self._transaction(write=False):
             return self._version(subject_id)
@@ -954,7 +1000,7 @@ class TemplateStore(abc.ABC):
     def record_attempt(self, subject_id: str, client: str, op: str, outcome: str) -> None:
         """Log a failed or refused attempt (one transaction); attempts older than
         :data:`ATTEMPT_RETENTION_S` are pruned on the way."""
-        subject_id = check_subject_id(subject_id) if subject_id else ""
+        subject_id = attempt_subject(subject_id)
         with self._transaction(write=True, lock_keys=[subject_id]):
             self._append_attempt(subject_id, str(client)[:MAX_ID_CHARS], op, outcome)
 
@@ -965,7 +1011,7 @@ class TemplateStore(abc.ABC):
         (resolve it with :meth:`finish_attempt`); ``None`` at the limit. One write transaction,
         serialised with every other writer, so concurrent callers never exceed ``limit``
         together. A tampered attempt log is a :class:`StoreError` (nothing reserved)."""
-        subject_id = check_subject_id(subject_id) if subject_id else ""
+        subject_id = attempt_subject(subject_id)
         with self._transaction(write=True, lock_keys=[subject_id]):
             if self._failures(subject_id, op, window_s) >= limit:
                 return None
@@ -978,7 +1024,7 @@ class TemplateStore(abc.ABC):
         subject or already resolved is a :class:`StoreError`."""
         if outcome not in RESOLUTIONS:
             raise InvalidInputError(f"outcome must be one of {RESOLUTIONS}, got {outcome!r:.80}")
-        subject_id = check_subject_id(subject_id) if subject_id else ""
+        subject_id = attempt_subject(subject_id)
         with self._transaction(write=True, lock_keys=[subject_id]):
             rows = self._exec(f"{_ATTEMPT_SELECT} WHERE attempt_id = ?", (int(attempt_id),))
             if not rows:
@@ -994,7 +1040,7 @@ class TemplateStore(abc.ABC):
     def count_attempts(self, subject_id: str, op: str, window_s: float) -> int:
         """Failed, refused and pending attempts of ``op`` on the subject in the last
         ``window_s`` seconds (authenticated: a tampered attempt log is a :class:`StoreError`)."""
-        subject_id = check_subject_id(subject_id) if subject_id else ""
+        subject_id = attempt_subject(subject_id)
         with self._transaction(write=False):
             return self._failures(subject_id, op, window_s)
 
