@@ -244,3 +244,24 @@ def test_subject_ids_with_shell_or_url_characters_are_refused(cli, loads, sample
         rc, _, err = cli("enroll", bad, samples["hopper"], "--token_file", token)
         assert rc == 2 and "subject_id" in one_error_line(err)
     assert loads == [] and not (tmp_path / "iomface.db").exists()
+
+
+def test_serve_runs_tensorflow_ops_on_one_thread_each(cli, monkeypatch, tmp_path):
+    """A server's requests run side by side, one core each, so one costly photo cannot take every
+    core (bench/alignment_flood.py: another client's p99 x1.3 against x2.4 with TensorFlow's default)."""
+    import arcface.cli
+    import iom.server.serve
+
+    seen = []
+    monkeypatch.setattr(arcface.cli, "import_backend_quietly", lambda: None)
+    monkeypatch.setattr(iom.server.serve, "serve", lambda args, request: seen.append(
+        os.environ.get("TF_NUM_INTRAOP_THREADS")) or 0)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    assert cli("add-key", "ops", "--role", "admin", "--keys_file", tmp_path / "keys.json")[0] == 0
+    common = ("serve", "--keys_file", tmp_path / "keys.json", "--port", "0")
+    assert cli(*common)[0] == 0
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert cli(*common)[0] == 0 and cli(*common, "--op_threads", "2")[0] == 0
+    assert seen == ["1", "3", "2"]
+    rc, _, err = cli(*common, "--op_threads", "0")
+    assert rc == 2 and "--op_threads must be at least 1" in one_error_line(err)

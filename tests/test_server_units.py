@@ -175,6 +175,49 @@ def test_photo_alignment_runs_in_parallel_but_one_at_a_time_per_key(monkeypatch,
     assert aligner([b"crop"], aligned=True, client="alice") == [b"crop"]  # aligned crops pass through
 
 
+def test_work_budget_bounds_the_seconds_a_key_spends_in_a_window():
+    from iom.service.rate import WorkBudget
+
+    now = [0.0]
+    budget = WorkBudget(60.0, clock=lambda: now[0])
+    assert budget.wait("k", 10.0) is None
+    budget.charge("k", 4.0)                       # at t=0
+    now[0] = 20.0
+    budget.charge("k", 7.0)                       # at t=20: 11 s spent
+    assert budget.wait("k", 10.0) == pytest.approx(40.0)     # until the first 4 s leave (t=60)
+    assert budget.wait("k", 12.0) is None and budget.wait("other", 10.0) is None
+    now[0] = 61.0
+    assert budget.wait("k", 10.0) is None         # 7 s left in the window
+    budget.charge("k", 5.0)
+    assert budget.wait("k", 10.0) == pytest.approx(19.0)     # the t=20 work leaves at t=80
+    assert budget.wait("k", 3.0) == pytest.approx(60.0)      # even without it 5 s > 3: the newest leaves at 121
+
+
+def test_photo_alignment_time_is_budgeted_per_key(monkeypatch):
+    import arcface.align
+    import arcface.align.detector
+    from iom.server.uploads import PhotoAligner
+    from iom.service.errors import RateLimitedError
+
+    _SlowAligner.running = _SlowAligner.peak = 0
+    _SlowAligner.lock = __import__("threading").Lock()
+    monkeypatch.setattr(arcface.align, "FaceAligner", lambda **kw: _SlowAligner(0.15, **kw))
+    monkeypatch.setattr(arcface.align.detector, "new_detector", lambda: object())
+    aligner = PhotoAligner(112, detectors=1, seconds_per_minute=0.25)
+    aligner([b"a"], aligned=False, client="alice")                    # 0.15 s
+    aligner([b"b"], aligned=False, client="alice")                    # 0.30 s: over the 0.25 s budget now
+    with pytest.raises(RateLimitedError, match="s of face detection in the last minute") as e:
+        aligner([b"c"], aligned=False, client="alice")
+    assert 55 < e.value.retry_after <= 60
+    assert aligner([b"d"], aligned=False, client="bob") == [b"d"]     # another key is not held up
+    assert aligner([b"crop"], aligned=True, client="alice") == [b"crop"]   # aligned crops cost no detection
+    assert PhotoAligner(112, seconds_per_minute=None)._budget is not None
+    from iom.service.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError):
+        PhotoAligner(112, seconds_per_minute=0)
+
+
 # ---------------------------------------------------------------------------- errors and limits
 def test_typed_errors_map_to_statuses():
     from arcface.errors import FaceTooSmallError, ImageDecodeError, ImageTooLargeError, NoFaceError

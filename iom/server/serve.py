@@ -82,7 +82,8 @@ def build_app(args, request):
                               admin_secret=admin_secret, witness=witness_path(args.witness, request.location),
                               far=args.far, threshold=args.threshold, gallery_spec=gallery)
     aligner = PhotoAligner(pipeline.embedder.input_size, detectors=args.detectors,
-                           max_detect_pixels=int(args.max_detect_megapixels * 1e6))
+                           max_detect_pixels=int(args.max_detect_megapixels * 1e6),
+                           seconds_per_minute=args.detect_seconds_per_minute or None)
     state = ServerState(service, keys, limits, aligner, admin_secret, admin_scores=args.admin_scores)
     return create_app(state)
 

@@ -5,6 +5,7 @@ decompression bomb), then aligned (unless the caller says they are aligned crops
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from iom.service.errors import InvalidInputError
@@ -74,13 +75,23 @@ class PhotoAligner:
       shared between threads), built on first need;
     * one raw-photo alignment in flight per caller (``client``): a second one at the same time is
       refused at once (:class:`~iom.service.errors.RateLimitedError`), so parallel streams from
-      one key cannot take every detector.
+      one key cannot take every detector;
+    * ``seconds_per_minute`` of detection per caller in any minute (``None``: no budget): past
+      it, raw photos of that caller are refused until older work leaves the window, so one key
+      sending costly photos back to back holds a detector a sixth of the time at most (10 s).
     """
 
-    def __init__(self, size: int, detectors: int = 2, max_detect_pixels: int = 2_000_000):
+    def __init__(self, size: int, detectors: int = 2, max_detect_pixels: int = 1_000_000,
+                 seconds_per_minute: float | None = 10.0):
+        from iom.service.rate import WorkBudget
+
         if isinstance(detectors, bool) or not isinstance(detectors, int) or detectors < 1:
             raise InvalidInputError(f"detectors must be a positive integer, got {detectors!r}")
+        if seconds_per_minute is not None and not seconds_per_minute > 0:
+            raise InvalidInputError(f"seconds_per_minute must be positive or None, got {seconds_per_minute!r}")
         self.size, self.detectors, self.max_detect_pixels = size, detectors, int(max_detect_pixels)
+        self.seconds_per_minute = seconds_per_minute
+        self._budget = WorkBudget(60.0)
         self._free: list = []             # idle aligners, each with a detector of its own
         self._made = 0
         self._lock = threading.Condition()
@@ -118,12 +129,20 @@ class PhotoAligner:
             if client in self._busy:
                 raise RateLimitedError(f"a photo of {client!r} is being aligned: one raw photo request at a time "
                                        "per key (send aligned crops to go faster)", retry_after=1.0)
+            if self.seconds_per_minute is not None:
+                wait = self._budget.wait(client, self.seconds_per_minute)
+                if wait is not None:
+                    raise RateLimitedError(f"the photos of {client!r} took {self.seconds_per_minute:g} s of face "
+                                           "detection in the last minute: try again later (or send aligned crops)",
+                                           retry_after=wait)
             self._busy.add(client)
         try:
             aligner = self._take()
+            start = time.perf_counter()
             try:
                 return [aligner.align(p)[0].image for p in photos]
             finally:
+                self._budget.charge(client, time.perf_counter() - start)
                 self._give_back(aligner)
         finally:
             with self._lock:

@@ -363,9 +363,16 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_megapixels", type=float, default=25.0,
                    help="pixels per photo, from its header before decoding (default 25 megapixels)")
     p.add_argument("--max_photos", type=int, default=10, help="photos per enrolment (default 10)")
-    p.add_argument("--max_detect_megapixels", type=float, default=2.0,
+    p.add_argument("--max_detect_megapixels", type=float, default=1.0,
                    help="a raw photo is searched for its face at this size at most (the crop is cut from the "
-                        "full photo): bounds the work any photo costs (default 2)")
+                        "full photo): bounds the work any photo costs (default 1)")
+    p.add_argument("--detect_seconds_per_minute", type=float, default=10.0,
+                   help="seconds of face detection each API key may use in any minute; past it its raw photos "
+                        "get 429 (aligned crops do not count); 0 for no budget (default 10)")
+    p.add_argument("--op_threads", type=int, default=None,
+                   help="threads one TensorFlow operation may use (default: $TF_NUM_INTRAOP_THREADS, else 1): "
+                        "requests run side by side on their own cores, so a costly photo does not take every "
+                        "core from the others")
     p.add_argument("--detectors", type=int, default=2,
                    help="face detectors working in parallel; each caller has one raw photo aligned at a time "
                         "(default 2)")
@@ -406,6 +413,9 @@ def main(argv=None) -> int:
             result, code = key_command(args)
         else:
             request = Request(args)                   # every input checked before Keras is imported
+            if args.command == "serve":               # before TensorFlow starts its thread pools
+                os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.op_threads or
+                                                           os.environ.get("TF_NUM_INTRAOP_THREADS") or 1)
             if not args.verbose and needs_model(args):
                 from arcface.cli import import_backend_quietly
 

@@ -55,6 +55,11 @@ def _check_options(args) -> None:
                                     f"--role admin --keys_file {path})")
         trusted_proxies(args.forwarded_allow_ips)
         check_port_free(args.host, args.port)
+        if not 0 <= args.detect_seconds_per_minute <= 60 * args.detectors:
+            raise InvalidInputError(f"--detect_seconds_per_minute must be in [0, 60 x --detectors], got "
+                                    f"{args.detect_seconds_per_minute:g}")
+        if args.op_threads is not None and args.op_threads < 1:
+            raise InvalidInputError(f"--op_threads must be at least 1, got {args.op_threads}")
         if args.detectors < 1:
             raise InvalidInputError(f"--detectors must be at least 1, got {args.detectors}")
         if not 0.0002 <= args.max_detect_megapixels <= args.max_megapixels:
