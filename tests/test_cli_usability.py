@@ -391,51 +391,46 @@ def test_quiet_by_default_verbose_on_request(tmp_path):
     assert "[iomface] model iom_" in done.stderr and "loaded in" in done.stderr
 
 
+#: the documents whose bash blocks hold ``iomface`` and ``python scripts/X.py`` commands: the README
+#: (its blocks also run, in order, in tests/test_readme_commands.py) and the documents it links to,
+#: which received its training, evaluation and reference commands
+COMMAND_DOCS = ("README.md", "docs/DESIGN.md", "docs/RESULTS.md", "docs/BENCHMARKS.md")
+
+
+def _doc_command_lines(docs=COMMAND_DOCS) -> list[str]:
+    """Every line of the documents' ```bash blocks, continuation lines joined, comments kept."""
+    return [line for doc in docs
+            for block in re.findall(r"```bash\n(.*?)```", (REPO / doc).read_text(), re.S)
+            for line in block.replace("\\\n", " ").splitlines()]
+
+
 def test_readme_cli_examples_name_real_commands_and_options():
-    """Every ``iomface`` line of the README parses with the real parser (the examples are run
-    end to end by the tests above and by scripts/readme_examples.sh in CI)."""
+    """Every ``iomface`` line of the README and the documents it links to parses with the real
+    parser (the README's are also run end to end by tests/test_readme_commands.py)."""
     import shlex
 
     from iom.service.cli import _parser
 
-    text = (REPO / "README.md").read_text()
-    lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
-             for line in block.splitlines() if line.strip().startswith("iomface ")]
+    lines = [line.split("#")[0].strip() for line in _doc_command_lines() if line.strip().startswith("iomface ")]
     assert len(lines) >= 8
+    readme = {part.split()[1] for line in _doc_command_lines(["README.md"]) for part in line.split(";")
+              if part.strip().startswith("iomface ")}
+    assert readme >= {"compare", "verify-pairs", "enroll", "verify", "identify", "reissue", "revoke", "list",
+                      "show", "serve", "add-key"}
     parser = _parser()
     for line in lines:
         for part in line.split(";"):
-            argv = shlex.split(re.split(r"<<<|\s[>|&]", part)[0])[1:]       # the command, not the shell's part
+            argv = shlex.split(re.split(r"<<<|\s\d?[>|&]", part)[0])[1:]    # the command, not the shell's part
             parser.parse_args(argv)
 
 
-def test_readme_session_runs_as_written(tmp_path):
-    """The README's command-line session, run verbatim by bash from the repository root."""
-    shared_data("lfw_112")
-    text = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- readme-session:begin -->\n```bash\n(.*?)```", text, re.S).group(1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
-    env.update(XDG_STATE_HOME=str(tmp_path / "state"), TMPDIR=str(tmp_path),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
-    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
-    assert out.startswith("same person at FAR 0.001: similarity ")
-    assert "2 subjects: 2 enrolled, 0 failed" in out and "Abel_Pacheco: accepted at FAR" in out
-    assert "1. Akhmed_Zakayev\n(1:N threshold " in out and "2 pairs: 2 compared" in out
-    assert re.search(r"Abel_Pacheco\s+active\s+enrolled ", out)
-    assert done.stderr == ""                                                # quiet
-
-
 def test_readme_script_examples_name_real_scripts_and_options():
-    """Every ``python scripts/X.py`` line of the README names a script that exists and options
-    its --help lists (training and full evaluations take hours on CPU: checked, not run)."""
+    """Every ``python scripts/X.py`` line of the README and the documents it links to names a script
+    that exists and options its --help lists (training and full evaluations take hours on CPU: checked,
+    not run)."""
     import shlex
 
-    text = (REPO / "README.md").read_text()
-    commands = [line.split(" #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
-                for line in block.replace("\\\n", " ").splitlines() if "python scripts/" in line]
+    commands = [line.split(" #")[0].strip() for line in _doc_command_lines() if "python scripts/" in line]
     helps: dict = {}
     for line in commands:
         for part in re.split(r"&&|;", line):

@@ -262,7 +262,7 @@ def test_stage1_config_path_defaults(tmp_path):
 
 
 def test_evaluate_on_an_untrained_config_says_so(tmp_path):
-    """The README's example before training: one error naming the config, the folder looked in,
+    """docs/DESIGN.md's example before training: one error naming the config, the folder looked in,
     the training command and the shipped alternative; exit 2, before any data is read."""
     cfg = REPO / "configs" / "arc_mbfn_celeba_tiny.yaml"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
