@@ -1,8 +1,14 @@
-"""A scripted CLI session: N verifications as N ``iomface compare`` processes against one
-``iomface verify-pairs`` (one model load), on LFW pairs (aligned crops, or raw photos with
-MTCNN when ``--raw``). Prints the wall time of each; the last line is JSON.
+"""A scripted CLI session, timed.
 
-    python bench/cli_session.py [--pairs 20] [--raw] [--lfw ../shared/data/lfw_112]
+1. N verifications as N ``iomface compare`` processes against one ``iomface verify-pairs`` (one
+   model load), on LFW pairs (aligned crops, or raw photos with MTCNN when ``--raw``).
+2. The template store: ``--people`` LFW identities enrolled by one ``enroll --from-folder``; the
+   store-only commands (``list``, ``list --all``, ``show``: no model, no Keras), a few single
+   ``verify`` processes against one ``verify --batch`` of every person, and ``identify --batch``.
+
+Prints the wall time of each; the last line is JSON.
+
+    python bench/cli_session.py [--pairs 20] [--people 24] [--raw] [--lfw ../shared/data/lfw_112]
 """
 
 from __future__ import annotations
@@ -33,13 +39,73 @@ def lfw_pairs(root: str, n: int) -> list[tuple[str, str, int]]:
     return out
 
 
+def timed(cmd: list[str], env: dict, cwd: str) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    return time.perf_counter() - start, done
+
+
+def store_session(root: str, people: int, single: int, aligned: list[str]) -> dict:
+    """Enrol ``people`` LFW identities (first photo) with one process, then time the store-only
+    commands, single verifications and the batches (second photo of each)."""
+    names = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n))
+                   and len(os.listdir(os.path.join(root, n))) >= 2)[:people]
+    cmd = [sys.executable, "-m", "iom.service.cli"]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
+        env.update(IOMFACE_APP_SECRET="bench-app-secret-0123456789", XDG_STATE_HOME=os.path.join(tmp, "state"))
+        folder = os.path.join(tmp, "people")
+        probes = []
+        for name in names:
+            photos = sorted(os.listdir(os.path.join(root, name)))
+            os.makedirs(os.path.join(folder, name))
+            os.symlink(os.path.join(root, name, photos[0]), os.path.join(folder, name, photos[0]))
+            probes.append((name, os.path.join(root, name, photos[1])))
+        out = {"people": len(names)}
+        out["enroll_from_folder_s"], done = timed([*cmd, "enroll", "--from-folder", folder, "--new_tokens_file",
+                                                   "tokens.tsv", *aligned], env, tmp)
+        if done.returncode != 0:
+            raise SystemExit(f"enroll --from-folder failed: {done.stderr[-500:]}")
+        for label, args in (("list", ["list"]), ("list_all", ["list", "--all"]), ("show", ["show", names[0]])):
+            runs = [timed([*cmd, *args], env, tmp)[0] for _ in range(3)]
+            out[f"{label}_s"] = round(sorted(runs)[1], 3)                     # the median of 3
+            print(f"iomface {' '.join(args)}: {out[f'{label}_s']:.2f} s (median of 3)")
+        tokens = dict(line.split("\t") for line in open(os.path.join(tmp, "tokens.tsv")).read().splitlines())
+        singles = []
+        for name, photo in probes[:single]:
+            with open(os.path.join(tmp, "t"), "w") as f:
+                f.write(tokens[name] + "\n")
+            os.chmod(os.path.join(tmp, "t"), 0o600)
+            seconds, done = timed([*cmd, "verify", name, photo, "--token_file", "t", *aligned], env, tmp)
+            singles.append(seconds)
+        out["verify_single_s"] = round(sum(singles) / max(len(singles), 1), 2)
+        with open(os.path.join(tmp, "batch.tsv"), "w") as f:
+            f.writelines(f"{name}\t{photo}\n" for name, photo in probes)
+        seconds, done = timed([*cmd, "verify", "--batch", "batch.tsv", "--tokens_file", "tokens.tsv", *aligned,
+                               "--json"], env, tmp)
+        summary = json.loads(done.stdout)["summary"]
+        out.update(verify_batch_s=round(seconds, 2), verify_batch_accepted=summary["accepted"])
+        with open(os.path.join(tmp, "photos.txt"), "w") as f:
+            f.writelines(f"{photo}\n" for _, photo in probes)
+        seconds, done = timed([*cmd, "identify", "--batch", "photos.txt", *aligned, "--json"], env, tmp)
+        out.update(identify_batch_s=round(seconds, 2), identify_batch_matched=json.loads(done.stdout)["summary"]["matched"])
+    print(f"{len(names)} people: enroll --from-folder {out['enroll_from_folder_s']:.1f} s; verify one process each "
+          f"{out['verify_single_s']:.1f} s a call ({out['verify_single_s'] * len(names):.0f} s for all); "
+          f"verify --batch {out['verify_batch_s']:.1f} s ({out['verify_batch_accepted']} accepted); "
+          f"identify --batch {out['identify_batch_s']:.1f} s ({out['identify_batch_matched']} matched)")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--lfw", default=os.path.join(REPO, "..", "shared", "data", "lfw_112"))
     parser.add_argument("--raw", action="store_true", help="raw 250x250 LFW photos with MTCNN (needs --lfw "
                         "pointing at raw/lfw and its pairs): default aligned crops")
+    parser.add_argument("--people", type=int, default=24, help="identities enrolled for the store session")
+    parser.add_argument("--single", type=int, default=3, help="single verify processes timed (per-call cost)")
     args = parser.parse_args(argv)
+    store = store_session(args.lfw, args.people, args.single, [] if args.raw else ["--aligned"])
     pairs = lfw_pairs(args.lfw, args.pairs)
     aligned = [] if args.raw else ["--aligned"]
     cmd = [sys.executable, "-m", "iom.service.cli"]
@@ -65,7 +131,8 @@ def main(argv=None) -> int:
     print(f"1 x iomface verify-pairs ({len(pairs)} pairs, one model load): {t_batch:.1f} s; same decisions: {same}")
     print(json.dumps({"pairs": len(pairs), "aligned": not args.raw, "separate_s": round(t_separate, 2),
                       "verify_pairs_s": round(t_batch, 2), "same_decisions": same,
-                      "summary": batch["summary"], "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+                      "summary": batch["summary"], "store": store,
+                      "machine": f"{platform.machine()} {os.cpu_count()} cpus",
                       "date": time.strftime("%Y-%m-%d")}))
     return 0
 
