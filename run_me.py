@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     service = TemplateService(pipeline, store, app_secret=os.urandom(32), policy=ServicePolicy(expose_scores=True))
     print(f"pipeline: MTCNN → {pipeline.hasher.spec['stage1_model']} → IoM hasher {HASHER} (m={m}, q={q}); "
           f"decision threshold {service.threshold:.4f} (calibrated at FAR {service.calibration['far']:g} on "
-          f"{service.calibration.get('dataset', 'the calibration set')}, none of them in training)")
+          f"{service.calibration.get('dataset', 'identities held out of training')})")
 
     def code_of(subject):
         record = store.active(subject)["verify"]

@@ -327,6 +327,16 @@ def test_run_me_end_to_end():
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "AUGMENTED COPY" in out and "another person" in out
+    # the threshold's calibration set as the hasher records it (held-out CelebA), not "LFW" (issue 25)
+    import json
+
+    from arcface.pretrained import MODELS_DIR
+    from iom.defaults import DEFAULT_HASHER
+
+    with open(os.path.join(MODELS_DIR, DEFAULT_HASHER, "calibration.json")) as f:
+        dataset = json.load(f)["dataset"]
+    first = out.splitlines()[0]
+    assert f"on {dataset})" in first and "LFW" not in first, first
     lines = {key: next(line for line in out.splitlines() if line.lstrip().startswith(key))
              for key in ("genuine", "impostor", "[2] with a wrong token", "[2] with the new token")}
     assert "ACCEPTED" in lines["genuine"] and "rejected" in lines["impostor"]
