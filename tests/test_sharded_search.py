@@ -510,6 +510,9 @@ def test_command_line_cluster_options(cluster, hasher, tmp_path, monkeypatch, ca
                         classmethod(lambda cls, *a, **k: pytest.fail("the model loaded")))
     monkeypatch.setenv("IOMFACE_APP_SECRET", secret)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    from iom.server.api_keys import add_key
+
+    add_key(str(tmp_path / "keys.json"), "desk", "admin")     # so serve reaches the cluster's own checks
     capsys.readouterr()
     for extra, says in ((["--shards", "2"], "--shards needs --cluster"),
                         (["--cluster", "local", "--shards", "0"], "--shards must be a positive integer"),

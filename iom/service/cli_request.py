@@ -47,14 +47,6 @@ def _check_options(args) -> None:
             path = getattr(args, option)
             if path is not None and not os.path.isfile(path):
                 raise InvalidInputError(f"--{option} {path}: no such file")
-        from iom.server.serve import keys_file, trusted_proxies
-
-        path = keys_file(args)
-        if not os.path.isfile(path):
-            raise InvalidInputError(f"--keys_file {path}: no such file (create it with: iomface add-key NAME "
-                                    f"--role admin --keys_file {path})")
-        trusted_proxies(args.forwarded_allow_ips)
-        check_port_free(args.host, args.port)
         if not 0 <= args.detect_seconds_per_minute <= 60 * args.detectors:
             raise InvalidInputError(f"--detect_seconds_per_minute must be in [0, 60 x --detectors], got "
                                     f"{args.detect_seconds_per_minute:g}")
@@ -71,6 +63,15 @@ def _check_options(args) -> None:
         from iom.service.galleries import GallerySpec
 
         args.gallery = GallerySpec(getattr(args, "cluster", None), getattr(args, "shards", None))  # parsed only
+    if args.command == "serve":                  # the options first, then the files and the port
+        from iom.server.serve import keys_file, trusted_proxies
+
+        path = keys_file(args)
+        if not os.path.isfile(path):
+            raise InvalidInputError(f"--keys_file {path}: no such file (create it with: iomface add-key NAME "
+                                    f"--role admin --keys_file {path})")
+        trusted_proxies(args.forwarded_allow_ips)
+        check_port_free(args.host, args.port)
     if args.command == "enroll":
         if args.from_folder is not None:
             if args.subject is not None or args.photos or args.embeddings is not None:
