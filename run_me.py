@@ -100,11 +100,11 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from iom.service.packing import from_bytes, unpack_codes
+    from iom.search.packing import from_bytes, unpack_codes
     from iom.service.pipeline import Pipeline
     from iom.service.policy import ServicePolicy
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
 
     pipeline = Pipeline.from_pretrained(HASHER)
     m, q = pipeline.hasher.m, pipeline.hasher.q

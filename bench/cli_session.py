@@ -50,7 +50,7 @@ def store_session(root: str, people: int, single: int, aligned: list[str]) -> di
     commands, single verifications and the batches (second photo of each)."""
     names = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n))
                    and len(os.listdir(os.path.join(root, n))) >= 2)[:people]
-    cmd = [sys.executable, "-m", "iom.service.cli"]
+    cmd = [sys.executable, "-m", "iom.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
         env.update(IOMFACE_APP_SECRET="bench-app-secret-0123456789", XDG_STATE_HOME=os.path.join(tmp, "state"))
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     store = store_session(args.lfw, args.people, args.single, [] if args.raw else ["--aligned"])
     pairs = lfw_pairs(args.lfw, args.pairs)
     aligned = [] if args.raw else ["--aligned"]
-    cmd = [sys.executable, "-m", "iom.service.cli"]
+    cmd = [sys.executable, "-m", "iom.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

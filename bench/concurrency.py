@@ -187,7 +187,7 @@ def round_token(seed: int, r: int) -> str:
 
 def open_backend_store(backend: str, location: str):
     """A store on ``location``: a SQLite path, or a ``postgresql://`` URL."""
-    from iom.service.stores import open_store
+    from iom.store.factory import open_store
 
     return open_store(location if backend == "postgres" else os.fspath(location))
 
@@ -245,7 +245,7 @@ def worker(k: int, backend: str, location: str, seconds: float, folder: str, see
         journal.flush()
 
     try:
-        from iom.service.errors import (ConflictError, DuplicateEnrollmentError, PolicyError,
+        from iom.errors import (ConflictError, DuplicateEnrollmentError, PolicyError,
                                         RateLimitedError, RevokedTemplateError)
         from iom.service.service import Candidate, Decision
 
@@ -650,7 +650,7 @@ def _race_writes(entries: list[dict], workers: int, n_rounds: int, problem, stat
 
 def audit(backend: str, location: str, folder: str, workers: int, n_rounds: int) -> dict:
     """Check the store against the journals, from a fresh connection (see the module doc)."""
-    from iom.service.errors import TemplateError
+    from iom.errors import TemplateError
 
     t0 = time.perf_counter()
     journals, problems = read_journals(folder, workers)

@@ -141,7 +141,7 @@ class Bench:
         from iom.service.pipeline import Pipeline
         from iom.service.policy import ServicePolicy
         from iom.service.service import TemplateService
-        from iom.service.sqlite_store import SQLiteStore
+        from iom.store.sqlite import SQLiteStore
         from iom.service.template_keys import gallery_key
 
         start = time.perf_counter()
@@ -175,7 +175,7 @@ class Bench:
         ``TemplateService.enroll``; times in ms. ``salts`` (verify, identify): fresh ones if ``None``."""
         from arcface.align import to_rgb
         from iom.hashing.keying import CodeKeying
-        from iom.service.packing import pack_codes, to_bytes
+        from iom.search.packing import pack_codes, to_bytes
         from iom.service.service import SALT_BYTES
         from iom.service.template_keys import identification_key, scrypt_cost, verification_key
 
@@ -231,7 +231,7 @@ class Bench:
 
     def match(self, subject: str, token: bytes, embedding: np.ndarray) -> tuple[float, float]:
         """(similarity, ms of from_bytes + count_mismatches) of a probe embedding against ``subject``."""
-        from iom.service.packing import count_mismatches, from_bytes, pack_codes
+        from iom.search.packing import count_mismatches, from_bytes, pack_codes
         from iom.service.template_keys import scrypt_cost, verification_key
 
         record = self.store.active(subject)["verify"]

@@ -7,7 +7,7 @@ For each ``--q`` a random gallery of ``--n`` codes of ``--m`` symbols (``uint8``
 
 (a) ``numpy``:  ``(gallery != probe).sum(1)`` on the ``(n, m)`` ``uint8`` array, then the
     top-k by ``np.argpartition`` (the plain NumPy way);
-(b) ``packed``: :meth:`iom.service.search.PackedGallery.search` on the same codes packed
+(b) ``packed``: :meth:`iom.search.gallery.PackedGallery.search` on the same codes packed
     bit-sliced (``ceil(log2 q)`` planes of ``m`` bits), chunked over a thread pool of
     ``os.cpu_count()`` threads.
 
@@ -28,14 +28,14 @@ Usage::
     python bench/match.py --n 100000 --q 16 --queries 50
     python bench/match.py --q 8 --batches 1 16 256    # + batched queries: search_many throughput
 
-``--batches B ...`` also times :meth:`~iom.service.search.PackedGallery.search_many` on batches
+``--batches B ...`` also times :meth:`~iom.search.gallery.PackedGallery.search_many` on batches
 of B probes (one pass over the gallery a batch: each chunk is compared with every probe while
 it is in cache), ``--batch_rounds`` batches each after one warm-up batch, and reports queries a
 second; the first batch's answers must equal B single searches (asserted). Its figures go in
 the JSON record under ``"batches"``.
 
 ``--shards N [N ...]`` (issue 15 point 3) also searches the same gallery split into N shards on
-a local Ray cluster (:class:`iom.service.sharded_search.ShardedGallery`: one Ray actor a shard,
+a local Ray cluster (:class:`iom.search.sharded.ShardedGallery`: one Ray actor a shard,
 each holding a PackedGallery in its worker's memory, top-k merged in this process), for each N
 in turn: the same single probes and the same batches as the in-process gallery, whose answers
 they must equal (asserted), plus the templates, packed bytes and resident memory (RSS) of each
@@ -60,8 +60,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.machine import cpu_model  # noqa: E402
-from iom.service.packing import pack_codes, packed_nbytes  # noqa: E402
-from iom.service.search import DEFAULT_CHUNK, PackedGallery  # noqa: E402
+from iom.search.packing import pack_codes, packed_nbytes  # noqa: E402
+from iom.search.gallery import DEFAULT_CHUNK, PackedGallery  # noqa: E402
 
 #: codes drawn (and packed) at a time when building a gallery
 DEFAULT_BLOCK = 1_000_000
@@ -136,7 +136,7 @@ def run_sharded(shards: int, q: int, args, probes: np.ndarray, found_packed: lis
                 batch_answers: dict) -> dict:
     """The sharded gallery of ``shards`` shards on the local Ray cluster: same probes, same
     answers (asserted), its latency, batched throughput and memory per shard."""
-    from iom.service.sharded_search import ShardedGallery
+    from iom.search.sharded import ShardedGallery
 
     gallery = ShardedGallery(args.m, q, shards=shards, cluster="local", chunk_size=args.chunk_size,
                              workers=args.shard_workers, capacity=args.n)
@@ -209,7 +209,7 @@ def main() -> None:
     results, speedup, batches, sharded = [], {}, [], []
     cluster_start_s = None
     if args.shards:
-        from iom.service.sharded_search import connect
+        from iom.search.sharded import connect
 
         start = time.perf_counter()
         ray = connect("local")

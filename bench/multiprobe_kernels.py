@@ -35,8 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from iom.service.packing import pack_codes, unpack_codes  # noqa: E402
-from iom.service.search import PackedGallery  # noqa: E402
+from iom.search.packing import pack_codes, unpack_codes  # noqa: E402
+from iom.search.gallery import PackedGallery  # noqa: E402
 
 
 def timed(fn) -> float:

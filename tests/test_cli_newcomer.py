@@ -171,8 +171,8 @@ def test_an_edited_log_entry_is_still_called_tampering(tmp_path):
     entry among good ones is named as an edit."""
     import sqlite3
 
-    from iom.service.errors import StoreError
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.errors import StoreError
+    from iom.store.sqlite import SQLiteStore
     from tests.test_iom_store import pair
 
     key = b"k" * 32
@@ -197,7 +197,7 @@ def test_store_only_commands_import_no_keras(cli, loads, samples, tmp_path):
     cli("add-key", "ops", "--role", "admin", "--keys_file", tmp_path / "keys.json")
     script = (
         "import json, sys\n"
-        "from iom.service.cli import main\n"
+        "from iom.cli.main import main\n"
         "codes = [main(a) for a in json.loads(sys.argv[1])]\n"
         "heavy = sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules)\n"
         "print(json.dumps({'codes': codes, 'heavy': heavy}))\n")

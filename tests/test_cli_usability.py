@@ -354,9 +354,9 @@ def test_options_after_the_command_and_list_all_and_reissue_after_revoke(cli, lo
 
 
 def test_every_command_has_full_help_with_examples():
-    from iom.service.cli import COMMANDS, _parser
+    from iom.cli.parser import COMMANDS, build_parser
 
-    parser = _parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in COMMANDS:
         text = sub.choices[name].format_help()
@@ -373,7 +373,7 @@ def _subprocess_iomface(*args, cwd):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
     env.update(XDG_STATE_HOME=str(cwd / "state"))
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)                 # quiet without the caller's help
-    return subprocess.run([sys.executable, "-m", "iom.service.cli", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "iom.cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -409,7 +409,7 @@ def test_readme_cli_examples_name_real_commands_and_options():
     parser (the README's are also run end to end by tests/test_readme_commands.py)."""
     import shlex
 
-    from iom.service.cli import _parser
+    from iom.cli.parser import build_parser
 
     lines = [line.split("#")[0].strip() for line in _doc_command_lines() if line.strip().startswith("iomface ")]
     assert len(lines) >= 8
@@ -417,7 +417,7 @@ def test_readme_cli_examples_name_real_commands_and_options():
               if part.strip().startswith("iomface ")}
     assert readme >= {"compare", "verify-pairs", "enroll", "verify", "identify", "reissue", "revoke", "list",
                       "show", "serve", "add-key"}
-    parser = _parser()
+    parser = build_parser()
     for line in lines:
         for part in line.split(";"):
             argv = shlex.split(re.split(r"<<<|\s\d?[>|&]", part)[0])[1:]    # the command, not the shell's part

@@ -209,7 +209,7 @@ def test_reference_equals_keying_and_packing(m, q):
     from iom.export import reference
     from iom.hashing.keying import CodeKeying
     from iom.keys import TemplateKey
-    from iom.service.packing import pack_codes, to_bytes
+    from iom.search.packing import pack_codes, to_bytes
 
     rng = np.random.default_rng(m * 1000 + q)
     for _ in range(3):
@@ -257,7 +257,7 @@ def test_device_template_equals_stored_template(tmp_path, exports, faces, output
     from iom.export import reference
     from iom.service.policy import ServicePolicy
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
     from iom.service.template_keys import (binding_context, gallery_key, identification_key, scrypt_cost,
                                            verification_key)
 

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 from iom.hashing.keying import CodeKeying
-from iom.service import store as store_mod
-from iom.service.errors import InvalidInputError, RateLimitedError, StoreError, TemplateError
-from iom.service.store import ATTEMPT_MARK
+from iom.store import base as store_mod
+from iom.errors import InvalidInputError, RateLimitedError, StoreError, TemplateError
+from iom.store.base import ATTEMPT_MARK
 from tests.test_iom_service import SECRET, _NoEmbedder
 from tests.test_iom_store import backend, pg_dsn  # noqa: F401  (fixtures: each back end, fresh)
 
@@ -127,10 +127,10 @@ def test_simultaneous_wrong_tokens_get_exactly_max_failures_answers(backend, sha
 
 def _open(backend_name: str, target: str):
     if backend_name == "sqlite":
-        from iom.service.sqlite_store import SQLiteStore
+        from iom.store.sqlite import SQLiteStore
 
         return SQLiteStore(target)
-    from iom.service.postgres_store import PostgresStore
+    from iom.store.postgres import PostgresStore
 
     return PostgresStore(target)
 

@@ -14,7 +14,7 @@ from iom.evaluation.report import PairData, calibration, pair_identities
 from iom.service.calibration import (CONFIDENCE, estimated_fpir, identification_threshold,
                                      impostor_histogram, impostor_tail_bound, load_calibration,
                                      max_gallery_size)
-from iom.service.errors import InvalidInputError
+from iom.errors import InvalidInputError
 from tests.conftest import shared_data
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,9 +2,9 @@
 
 * no secret in argv: tokens come from ``--token_file`` (``-``: stdin); ``--token VALUE`` and
   friends are refused without echoing the value; a ``--db`` URL with a password is refused;
-* DSNs: :func:`iom.service.stores.scrub_dsn` keeps ``user:password`` out of every message; a
+* DSNs: :func:`iom.store.factory.scrub_dsn` keeps ``user:password`` out of every message; a
   libpq ``key=value`` string is refused instead of becoming a SQLite file of that name;
-  :func:`iom.service.stores.open_store` lives beside the stores;
+  :func:`iom.store.factory.open_store` lives beside the stores;
 * files: a new SQLite database is 0600 (its -wal/-shm too), a new folder 0700; an existing
   file keeps its mode with a warning; a secret file open to group/other is refused;
 * ``--model`` is a name inside models/, never a path;
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iom.service.errors import InvalidInputError, StoreError
+from iom.errors import InvalidInputError, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "hunter2-Xq9"
@@ -62,9 +62,9 @@ def private_file(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
 
 
 def subprocess_cli(*args, cwd, env=None, stdin=None):
-    """``python -m iom.service.cli ARGS`` (the real argv), IOMFACE_* cleared unless in ``env``."""
+    """``python -m iom.cli ARGS`` (the real argv), IOMFACE_* cleared unless in ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
-    return subprocess.run([sys.executable, "-m", "iom.service.cli", *args], cwd=cwd, input=stdin,
+    return subprocess.run([sys.executable, "-m", "iom.cli", *args], cwd=cwd, input=stdin,
                           capture_output=True, text=True, timeout=600,
                           env={**base, "TF_CPP_MIN_LOG_LEVEL": "3", "XDG_STATE_HOME": str(cwd / "state"),
                                **(env or {})})
@@ -75,7 +75,7 @@ def cli(tmp_path, monkeypatch, capsys):
     """Runs ``iomface`` in this process (the model loads fast the second time): call it with
     the arguments, optional ``stdin`` text and ``env``; returns ``(rc, stdout, stderr)``.
     Works in ``tmp_path``; IOMFACE_* cleared, IOMFACE_APP_SECRET set unless ``env`` says."""
-    from iom.service.cli import main
+    from iom.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     for key in [k for k in os.environ if k.startswith("IOMFACE_")]:
@@ -107,8 +107,8 @@ def one_error_line(err: str) -> str:
 
 # ---------------------------------------------------------------------------- open_store, DSNs
 def test_open_store_lives_beside_the_stores(tmp_path, monkeypatch):
-    from iom.service.sqlite_store import SQLiteStore
-    from iom.service.stores import open_store
+    from iom.store.sqlite import SQLiteStore
+    from iom.store.factory import open_store
 
     with open_store(f"sqlite:///{tmp_path}/u.db") as s:
         assert isinstance(s, SQLiteStore) and s.path == tmp_path / "u.db"
@@ -130,7 +130,7 @@ def test_open_store_lives_beside_the_stores(tmp_path, monkeypatch):
     "dbname=templates",
 ])
 def test_libpq_key_value_string_is_refused_not_a_sqlite_file(dsn, tmp_path, monkeypatch):
-    from iom.service.stores import open_store
+    from iom.store.factory import open_store
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InvalidInputError, match="key=value") as info:
@@ -157,7 +157,7 @@ def test_libpq_key_value_string_is_refused_not_a_sqlite_file(dsn, tmp_path, monk
      [], ["cannot open SQLite store /var/lib/iomface/t.db: unable to open"]),
 ])
 def test_scrub_dsn_removes_user_and_password(dsn, text, gone, kept):
-    from iom.service.stores import scrub_dsn
+    from iom.store.dsn import scrub_dsn
 
     scrubbed = scrub_dsn(text, dsn)
     for secret in gone:
@@ -174,7 +174,7 @@ def test_scrub_dsn_removes_user_and_password(dsn, text, gone, kept):
 ])
 def test_malformed_postgres_uri_never_shows_the_password(url):
     pytest.importorskip("psycopg")
-    from iom.service.stores import open_store
+    from iom.store.factory import open_store
 
     with pytest.raises(StoreError) as info:
         open_store(url, connect_timeout=2)
@@ -186,7 +186,7 @@ def test_malformed_postgres_uri_never_shows_the_password(url):
 # ---------------------------------------------------------------------------- SQLite file modes
 @pytest.mark.parametrize("umask", [0o022, 0o000])
 def test_new_sqlite_store_is_private_with_its_wal_and_shm(tmp_path, umask):
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
 
     old = os.umask(umask)
     try:
@@ -203,8 +203,8 @@ def test_new_sqlite_store_is_private_with_its_wal_and_shm(tmp_path, umask):
 
 
 def test_existing_sqlite_file_keeps_its_mode_with_a_warning(tmp_path):
-    from iom.service import sqlite_store
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store import sqlite as sqlite_store
+    from iom.store.sqlite import SQLiteStore
 
     path = tmp_path / "t.db"
     SQLiteStore(path).close()
@@ -269,7 +269,7 @@ def test_stage1_model_named_by_a_hasher_is_checked_too(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- tokens
 def test_read_token_one_line(tmp_path):
-    from iom.service.cli import read_token
+    from iom.cli.main import read_token
 
     for content, token in [(f"{TOKEN}\n", TOKEN), (f"{TOKEN}\r\n", TOKEN), (TOKEN, TOKEN),
                            (f" {TOKEN} \n", f" {TOKEN} ")]:                  # only the newline goes
@@ -316,7 +316,7 @@ def test_abbreviated_options_are_not_taken_for_token_files(tmp_path):
 # ---------------------------------------------------------------------------- secret files
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o622])
 def test_secret_files_open_to_group_or_others_are_refused(tmp_path, mode):
-    from iom.service.cli import read_secret_file
+    from iom.cli.main import read_secret_file
 
     path = private_file(tmp_path / "secret", "app-secret\n", mode)
     with pytest.raises(InvalidInputError, match="chmod 600") as info:
@@ -361,7 +361,7 @@ def test_db_key_value_string_is_refused(tmp_path):
 
 
 def test_store_location_rules(monkeypatch):
-    from iom.service.cli import store_location
+    from iom.cli.main import store_location
 
     url = f"postgresql://bob:{PASSWORD}@db/t"
     assert store_location(None, {}) == "iomface.db"

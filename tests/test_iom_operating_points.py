@@ -11,7 +11,7 @@ import pytest
 from iom.evaluation.calibrate import (calibrate, duplicate_identities, genuine_histogram, operating_point,
                                       tail)
 from iom.service.calibration import OperatingPoint, select_operating_point
-from iom.service.errors import InvalidInputError
+from iom.errors import InvalidInputError
 
 
 def brute_force(codes, labels, same_person=()):
@@ -142,7 +142,7 @@ def test_service_decides_at_the_chosen_operating_point(tmp_path):
     from iom.service.calibration import load_calibration
     from iom.service.pipeline import Pipeline
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
     from tests.test_iom_service import ADMIN, SECRET, _NoEmbedder, people, research_policy
 
     from arcface.pretrained import MODELS_DIR

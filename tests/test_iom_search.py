@@ -1,4 +1,4 @@
-"""Packed IoM codes and 1:N search: iom.service.packing and iom.service.search (NumPy only)."""
+"""Packed IoM codes and 1:N search: iom.search.packing and iom.search.gallery (NumPy only)."""
 
 import subprocess
 import sys
@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from iom.service.packing import (bits_per_symbol, count_mismatches, from_bytes, pack_codes,
+from iom.search.packing import (bits_per_symbol, count_mismatches, from_bytes, pack_codes,
                                  packed_nbytes, packed_shape, to_bytes, unpack_codes)
-from iom.service.search import PackedGallery
+from iom.search.gallery import PackedGallery
 
 
 def _codes(rng, n, m, q):
@@ -228,7 +228,7 @@ def test_empty_gallery():
 
 
 def test_service_modules_import_no_deep_learning_backend():
-    code = ("import sys, iom.service.packing, iom.service.search; "
+    code = ("import sys, iom.search.packing, iom.search.gallery; "
             "print(sorted({k.split('.')[0] for k in sys.modules} & {'keras', 'jax', 'tensorflow', 'torch'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

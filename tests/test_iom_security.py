@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 
-from iom.service.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, PolicyError,
+from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, PolicyError,
                                 RateLimitedError, StoreError)
 from tests.test_iom_service import ADMIN, DIM, M, Q, SECRET, _NoEmbedder, people
 
@@ -39,7 +39,7 @@ def make_service(path, hasher, witness=None, admin=ADMIN, **policy):
     from iom.service.pipeline import Pipeline
     from iom.service.policy import ServicePolicy
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
 
     policy = ServicePolicy(**{"allow_embeddings": True, "scrypt_n": FAST, **policy})
     return TemplateService(Pipeline(_NoEmbedder(), hasher), SQLiteStore(path), SECRET, policy=policy,
@@ -63,7 +63,7 @@ def raw(path, sql, params=()):
 
 
 def unpacked(code: bytes) -> np.ndarray:
-    from iom.service.packing import from_bytes, unpack_codes
+    from iom.search.packing import from_bytes, unpack_codes
 
     return unpack_codes(from_bytes(code, M, Q)[None], M, Q)[0]
 
@@ -79,7 +79,7 @@ def enroll_people(service, n=6):
 def test_default_service_takes_photos_not_embeddings(tmp_path, hasher):
     from iom.service.pipeline import Pipeline
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
 
     with SQLiteStore(tmp_path / "d.db") as store:
         service = TemplateService(Pipeline(_NoEmbedder(), hasher), store, SECRET)
@@ -133,7 +133,7 @@ def test_reissued_identification_template_is_unlinkable(service):
 # ---------------------------------------------------------------------------- 3. authenticated rows
 def _public_checksum(path, template_id):
     """What an attacker without the secret can compute: the checksum under the public key."""
-    from iom.service.store import COLUMNS, TemplateRecord, record_checksum
+    from iom.store.base import COLUMNS, TemplateRecord, record_checksum
 
     row = raw(path, f"SELECT {', '.join(COLUMNS)} FROM templates WHERE template_id = ?", (template_id,))[0]
     return record_checksum(TemplateRecord(**dict(zip(COLUMNS, row))))
@@ -562,7 +562,7 @@ def test_device_codes_stand_for_the_faces_they_come_from(tmp_path, hasher):
     exactly as it keys the embedding the code came from. The un-keyed code itself (the same for
     every deployment) is not accepted as such, nor a code keyed for another device."""
     from iom.hashing.keying import CodeKeying
-    from iom.service.errors import InvalidInputError, PolicyError
+    from iom.errors import InvalidInputError, PolicyError
     from iom.service.template_keys import device_key
 
     service = make_service(tmp_path / "c.db", hasher, allow_codes=True)

@@ -6,7 +6,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from iom.service.errors import (DuplicateEnrollmentError, InvalidInputError, PolicyError,
+from iom.errors import (DuplicateEnrollmentError, InvalidInputError, PolicyError,
                                 UnknownSubjectError)
 
 SECRET = b"application-secret-for-tests"
@@ -56,7 +56,7 @@ def hasher():
 def service(tmp_path, hasher):
     from iom.service.pipeline import Pipeline
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
 
     store = SQLiteStore(tmp_path / "t.db")
     yield TemplateService(Pipeline(_NoEmbedder(), hasher), store, SECRET, policy=research_policy(),
@@ -139,7 +139,7 @@ def test_a_gallery_update_waits_for_the_search_in_progress(service):
 
 
 def test_old_and_reissued_templates_are_unrelated(service, hasher):
-    from iom.service.packing import from_bytes, unpack_codes
+    from iom.search.packing import from_bytes, unpack_codes
 
     x = people()
     service.enroll("a", embeddings=x[0], user_token="token-one")
@@ -207,7 +207,7 @@ def test_database_holds_no_token_secret_embedding_or_photo(service, tmp_path):
 def test_calibration_must_fit_the_hasher(tmp_path, hasher):
     from iom.service.pipeline import Pipeline
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
 
     with SQLiteStore(tmp_path / "c.db") as store:
         with pytest.raises(InvalidInputError, match="m=64"):
@@ -237,7 +237,7 @@ def test_command_line(tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOMFACE_")}
         env.update(TF_CPP_MIN_LOG_LEVEL="3", IOMFACE_APP_SECRET=secret, XDG_STATE_HOME=str(tmp_path / "state"),
                    **({"IOMFACE_ADMIN_SECRET": admin} if admin else {}))
-        return subprocess.run([sys.executable, "-m", "iom.service.cli", "--db", str(db), "--json", "--allow_embeddings",
+        return subprocess.run([sys.executable, "-m", "iom.cli", "--db", str(db), "--json", "--allow_embeddings",
                                *map(str, args)], input=stdin, capture_output=True, text=True, env=env, timeout=300)
 
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
@@ -280,7 +280,7 @@ def photo_service(tmp_path_factory, hasher):
     """The shipped pipeline with MTCNN alignment, on a fresh SQLite store."""
     from iom.service.pipeline import Pipeline
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
 
     store = SQLiteStore(tmp_path_factory.mktemp("photos") / "p.db")
     yield TemplateService(Pipeline.from_pretrained(), store, SECRET)    # the shipped default, default policy

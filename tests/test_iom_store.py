@@ -1,4 +1,4 @@
-"""Template store (iom.service.store): SQLite and a real, throw-away PostgreSQL server.
+"""Template store (iom.store.base): SQLite and a real, throw-away PostgreSQL server.
 
 Every behaviour test runs on both back ends, each on a fresh database (a tmp_path file; a
 new PostgreSQL schema per test, on a session-wide server started by tests/pg_server.py).
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from iom.service import store as store_mod
-from iom.service.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
+from iom.store import base as store_mod
+from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
                                 StoreError, TemplateError, UnknownSubjectError)
-from iom.service.sqlite_store import SQLiteStore
-from iom.service.store import (MIGRATIONS, TemplateRecord, TemplateStore, record_checksum, utc_now,
+from iom.store.sqlite import SQLiteStore
+from iom.store.base import (MIGRATIONS, TemplateRecord, TemplateStore, record_checksum, utc_now,
                                validate_record)
-from iom.service.stores import open_store
+from iom.store.factory import open_store
 from tests.pg_server import fresh_database, fresh_schema, postgres_server, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ class Backend:
     def cls(self) -> type[TemplateStore]:
         if self.name == "sqlite":
             return SQLiteStore
-        from iom.service.postgres_store import PostgresStore
+        from iom.store.postgres import PostgresStore
 
         return PostgresStore
 
@@ -554,7 +554,7 @@ def test_open_store_urls(tmp_path, monkeypatch):
 def test_postgres_url_and_bad_connection(pg_dsn):
     import psycopg
 
-    from iom.service.postgres_store import PostgresStore
+    from iom.store.postgres import PostgresStore
 
     info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     with fresh_database(pg_dsn) as dsn:
@@ -655,9 +655,9 @@ def check_invariants(s: TemplateStore) -> Counter:
 WORKER = textwrap.dedent("""
     import os, random, sys, time
     sys.path.insert(0, {repo!r})
-    from iom.service.errors import DuplicateEnrollmentError, UnknownSubjectError
-    from iom.service.sqlite_store import SQLiteStore
-    from iom.service.store import TemplateRecord
+    from iom.errors import DuplicateEnrollmentError, UnknownSubjectError
+    from iom.store.sqlite import SQLiteStore
+    from iom.store.base import TemplateRecord
 
     def pair(subject, tag):
         return [TemplateRecord(subject, p, (tag + p).encode() * {code_repeat}, bytes(16), 1, "m", 512, 16, 1)

@@ -38,7 +38,7 @@ def test_keys_are_stored_hashed_and_authenticate_by_role(tmp_path):
 
 def test_key_file_errors_name_the_problem(tmp_path):
     from iom.server.api_keys import KeyRing, add_key, remove_key
-    from iom.service.errors import InvalidInputError
+    from iom.errors import InvalidInputError
 
     path = str(tmp_path / "keys.json")
     with pytest.raises(InvalidInputError, match="role"):
@@ -100,7 +100,7 @@ def test_proxy_headers_are_trusted_only_from_the_proxies_named():
     import argparse
 
     from iom.server.serve import trusted_proxies, uvicorn_options
-    from iom.service.errors import InvalidInputError
+    from iom.errors import InvalidInputError
 
     assert trusted_proxies("") == []
     assert trusted_proxies(" 10.0.0.5, 192.168.1.0/24 ") == ["10.0.0.5", "192.168.1.0/24"]
@@ -143,7 +143,7 @@ def test_photo_alignment_runs_in_parallel_but_one_at_a_time_per_key(monkeypatch,
     import arcface.align
     import arcface.align.detector
     from iom.server.uploads import PhotoAligner
-    from iom.service.errors import RateLimitedError
+    from iom.errors import RateLimitedError
 
     _SlowAligner.running = _SlowAligner.peak = 0
     _SlowAligner.lock = threading.Lock()
@@ -197,7 +197,7 @@ def test_photo_alignment_time_is_budgeted_per_key(monkeypatch):
     import arcface.align
     import arcface.align.detector
     from iom.server.uploads import PhotoAligner
-    from iom.service.errors import RateLimitedError
+    from iom.errors import RateLimitedError
 
     _SlowAligner.running = _SlowAligner.peak = 0
     _SlowAligner.lock = __import__("threading").Lock()
@@ -212,7 +212,7 @@ def test_photo_alignment_time_is_budgeted_per_key(monkeypatch):
     assert aligner([b"d"], aligned=False, client="bob") == [b"d"]     # another key is not held up
     assert aligner([b"crop"], aligned=True, client="alice") == [b"crop"]   # aligned crops cost no detection
     assert PhotoAligner(112, seconds_per_minute=None)._budget is not None
-    from iom.service.errors import InvalidInputError
+    from iom.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError):
         PhotoAligner(112, seconds_per_minute=0)
@@ -223,7 +223,7 @@ def test_typed_errors_map_to_statuses():
     from arcface.errors import FaceTooSmallError, ImageDecodeError, ImageTooLargeError, NoFaceError
     from iom.server.http_errors import error_headers, public_message, status_of
     from iom.server.uploads import PayloadTooLargeError
-    from iom.service import errors as e
+    from iom import errors as e
 
     cases = {PayloadTooLargeError("x"): 413, ImageTooLargeError("x"): 413, e.RateLimitedError("x"): 429,
              e.DuplicateEnrollmentError("x"): 409, e.ConflictError("x"): 409, e.UnknownSubjectError("x"): 404,
@@ -251,7 +251,7 @@ class _Upload:
 def test_photo_caps_read_the_header_before_decoding():
     from arcface.errors import ImageDecodeError
     from iom.server.uploads import PayloadTooLargeError, UploadLimits, read_photo
-    from iom.service.errors import InvalidInputError
+    from iom.errors import InvalidInputError
 
     limits = UploadLimits(max_photo_bytes=1000, max_pixels=10_000, max_photos=2)
     assert read_photo(_Upload(_png_header(100, 100)), limits) == _png_header(100, 100)   # at the cap
@@ -310,7 +310,7 @@ def test_bad_serve_options_fail_before_anything_loads(tmp_path):
     for options, message in ((["--port", "99999"], "--port must be in 0..65535"),
                              (["--tls_cert", "c.pem"], "give --tls_cert and --tls_key together"),
                              (["--tls_cert", "c.pem", "--tls_key", "k.pem"], "--tls_cert c.pem: no such file")):
-        done = subprocess.run([sys.executable, "-m", "iom.service.cli", "serve", "--db", str(db),
+        done = subprocess.run([sys.executable, "-m", "iom.cli", "serve", "--db", str(db),
                                "--keys_file", str(tmp_path / "keys.json"), *options],
                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr

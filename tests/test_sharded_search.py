@@ -1,5 +1,5 @@
-"""Sharded 1:N search on a real local Ray cluster (issue 15 point 3): iom.service.sharded_search,
-iom.service.galleries, the service's ``gallery_spec`` and ``iomface identify --cluster``.
+"""Sharded 1:N search on a real local Ray cluster (issue 15 point 3): iom.search.sharded,
+iom.search.galleries, the service's ``gallery_spec`` and ``iomface identify --cluster``.
 
 A sharded gallery must return exactly PackedGallery's top-k (same ids, same similarities, same
 order with many ties), place each id on the shard ``shard_of`` names, reach it on removal,
@@ -26,11 +26,11 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: the sharded identification gallery (--cluster) "
                                         "needs it (requirements.txt pins it)")
 
-from iom.service import sharded_search  # noqa: E402
-from iom.service.errors import ClusterError, InvalidInputError  # noqa: E402
-from iom.service.galleries import GallerySpec, check_cluster, make_gallery  # noqa: E402
-from iom.service.search import PackedGallery  # noqa: E402
-from iom.service.sharded_search import ShardedGallery, shard_of, shards_of  # noqa: E402
+from iom.search import sharded as sharded_search  # noqa: E402
+from iom.errors import ClusterError, InvalidInputError  # noqa: E402
+from iom.search.galleries import GallerySpec, check_cluster, make_gallery  # noqa: E402
+from iom.search.gallery import PackedGallery  # noqa: E402
+from iom.search.sharded import ShardedGallery, shard_of, shards_of  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 
@@ -243,7 +243,7 @@ def test_local_cluster_sessions_live_in_a_private_folder(cluster):
 
     import ray
 
-    from iom.service.sharded_search import private_temp_dir
+    from iom.search.sharded import private_temp_dir
 
     folder = private_temp_dir()
     info = os.lstat(folder)
@@ -421,7 +421,7 @@ def test_in_process_never_imports_ray():
             "from iom.server import serve; g = galleries.make_gallery(16, 4); "
             "spec = galleries.GallerySpec(); spec.connect(); "
             "assert type(g).__name__ == 'PackedGallery' and type(spec.make(8, 4)).__name__ == 'PackedGallery'; "
-            "assert 'ray' not in sys.modules and 'iom.service.sharded_search' not in sys.modules, "
+            "assert 'ray' not in sys.modules and 'iom.search.sharded' not in sys.modules, "
             "[m for m in sys.modules if m.startswith('ray')][:5]")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -440,7 +440,7 @@ def hasher():
 def test_service_identifies_the_same_through_shards_and_follows_the_event_log(cluster, hasher, tmp_path):
     from iom.service.pipeline import Pipeline
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
     from tests.test_iom_service import ADMIN, SECRET, _NoEmbedder, people, research_policy
 
     x = people(n=8)
@@ -483,11 +483,11 @@ def test_command_line_cluster_options(cluster, hasher, tmp_path, monkeypatch, ca
     """--cluster/--shards are checked before the model loads; an address joins the running
     cluster and gives the same candidates as the in-process service."""
     from arcface.embeddings_io import save_embeddings
-    from iom.service.cli import main
+    from iom.cli.main import main
     from iom.service.pipeline import Pipeline
     from iom.service.policy import ServicePolicy
     from iom.service.service import TemplateService
-    from iom.service.sqlite_store import SQLiteStore
+    from iom.store.sqlite import SQLiteStore
     from tests.test_iom_service import _NoEmbedder, people
 
     secret = "app-secret-for-sharded-tests"
@@ -523,7 +523,7 @@ def test_command_line_cluster_options(cluster, hasher, tmp_path, monkeypatch, ca
             err = capsys.readouterr().err.strip()
             assert err.startswith("error: ") and says in err and len(err.splitlines()) == 1
 
-    done = subprocess.run([sys.executable, "-m", "iom.service.cli", *base, "--cluster", cluster, "--shards", "2"],
+    done = subprocess.run([sys.executable, "-m", "iom.cli", *base, "--cluster", cluster, "--shards", "2"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["candidates"] == want and want[0]["subject"] == "p2"

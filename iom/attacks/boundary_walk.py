@@ -158,7 +158,7 @@ def run(setting) -> dict:
     from iom.attacks.hashers import has_public_code
     from iom.attacks.targets import ServiceTarget
     from iom.hashing.keying import CodeKeying
-    from iom.service.errors import RateLimitedError
+    from iom.errors import RateLimitedError
     from iom.service.template_keys import device_key
 
     hasher = setting.hasher

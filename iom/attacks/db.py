@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from iom.service.packing import from_bytes, to_bytes, pack_codes, unpack_codes
+from iom.search.packing import from_bytes, to_bytes, pack_codes, unpack_codes
 
 
 @contextlib.contextmanager

@@ -30,10 +30,10 @@ import numpy as np
 
 from iom.attacks.targets import Hit, Outcome, Target
 from iom.keys import TemplateKey
-from iom.service.errors import (DuplicateEnrollmentError, RevokedTemplateError, StoreError, TemplateError,
+from iom.errors import (DuplicateEnrollmentError, RevokedTemplateError, StoreError, TemplateError,
                                 UnknownSubjectError)
-from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_bytes
-from iom.service.store import MIGRATIONS, _encode_field   # schema 1 and its column encoding
+from iom.search.packing import count_mismatches, from_bytes, pack_codes, to_bytes
+from iom.store.base import MIGRATIONS, _encode_field   # schema 1 and its column encoding
 
 LEGACY_COMMIT = "f62251953eca7157596b5b37e0575c68a0e15ca9"
 KEY_VERSION = 1
@@ -175,7 +175,7 @@ class LegacyService:
 
     def identify(self, embedding, top_k: int = 5) -> list[tuple[str, float, bool]]:
         """The ``top_k`` closest subjects: (subject, similarity, accepted)."""
-        from iom.service.search import PackedGallery
+        from iom.search.gallery import PackedGallery
 
         if self._gallery is None:
             rows = self._rows("model_id = ? AND purpose = 'identify' AND revoked_at IS NULL",
@@ -220,7 +220,7 @@ import numpy as np
 from iom.hashing.hasher import DeepIoMHasher
 from iom.service.pipeline import Pipeline
 from iom.service.service import TemplateService
-from iom.service.sqlite_store import SQLiteStore
+from iom.store.sqlite import SQLiteStore
 
 spec = json.load(open(sys.argv[1]))
 data = np.load(spec["arrays"])

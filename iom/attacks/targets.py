@@ -56,7 +56,7 @@ class Refused(Exception):
 
 def refusal_kind(error: Exception) -> str | None:
     """The refusal a typed service error stands for (``None``: not a refusal)."""
-    from iom.service import errors
+    from iom import errors
 
     for name, kind in (("PolicyError", "policy"), ("RateLimitedError", "rate-limited"),
                        ("StoreError", "store"), ("UnknownSubjectError", "unknown"),
@@ -171,7 +171,7 @@ class ServiceTarget(Target):
 
     def _restart(self) -> None:
         from iom.service.service import TemplateService
-        from iom.service.sqlite_store import SQLiteStore
+        from iom.store.sqlite import SQLiteStore
 
         if self.service is not None:
             self.service.store.close()

@@ -61,8 +61,8 @@ class Size:
 
     @property
     def template_bytes(self) -> int:
-        """Bytes of the stored (bit-plane packed) template, :mod:`iom.service.packing`."""
-        from iom.service.packing import packed_nbytes
+        """Bytes of the stored (bit-plane packed) template, :mod:`iom.search.packing`."""
+        from iom.search.packing import packed_nbytes
 
         return int(packed_nbytes(self.m, self.q))
 

@@ -27,7 +27,7 @@ def check_arguments(hasher_name: str, fmt: str, out_dir, variant: str = "face", 
                     force: bool = False) -> tuple[dict, int | None, str]:
     """``(shipped hasher info, crop size, absolute output folder)``, or an :class:`ExportError`
     naming the bad argument. Reads the hasher's JSON and config files only (no Keras)."""
-    from iom.service.errors import InvalidInputError
+    from iom.errors import InvalidInputError
     from iom.service.pipeline import Pipeline
 
     from iom.export.convert import require_converter

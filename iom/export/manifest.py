@@ -44,7 +44,7 @@ def versions(fmt: str) -> dict:
 def build_manifest(info: dict, fmt: str, model_path: str, variant: str, crop_size: int | None,
                    input_spec: dict, outputs: list, files: dict) -> dict:
     """The manifest of one export (``files``: :func:`file_table` of the output folder)."""
-    from iom.service.packing import packed_nbytes
+    from iom.search.packing import packed_nbytes
 
     m, q = int(info["m"]), int(info["q"])
     return {

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from iom.service.errors import InvalidInputError
+from iom.errors import InvalidInputError
 
 KEY_PREFIX = "iomf_"
 ROLES = ("admin", "client")
@@ -57,7 +57,7 @@ def _check_name(name) -> str:
 
 def read_keys(path: str) -> list[dict]:
     """The entries of a key file (``name``, ``role``, ``sha256``, ``created_at``), checked."""
-    from iom.service.cli_inputs import read_secret_file
+    from iom.cli.inputs import read_secret_file
 
     raw = read_secret_file(path, "--keys_file")
     try:

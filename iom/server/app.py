@@ -113,7 +113,7 @@ def _state(request: Request) -> ServerState:
 def _photos(state: ServerState, uploads: list[UploadFile], aligned: bool, client: str) -> list:
     """The uploads read within the caps, then aligned (unless ``aligned``; one raw-photo
     request of a ``client`` at a time)."""
-    from iom.service.errors import InvalidInputError
+    from iom.errors import InvalidInputError
 
     if len(uploads) > state.limits.max_photos:
         raise InvalidInputError(f"{len(uploads)} photos: at most {state.limits.max_photos} per request")
@@ -125,7 +125,7 @@ def _photos(state: ServerState, uploads: list[UploadFile], aligned: bool, client
 def _sample(state: ServerState, uploads: list[UploadFile] | None, aligned: bool, code: str | None,
             client: str) -> dict:
     """The service's keyword arguments for a request's sample: ``photos`` or a device ``code``."""
-    from iom.service.errors import InvalidInputError
+    from iom.errors import InvalidInputError
 
     if code is not None:
         if uploads:
@@ -359,8 +359,8 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/v1/subjects/{subject_id}", tags=["subjects"])
     def show(request: Request, subject_id: str, credential: Admin):
         """A subject's template metadata and version (no codes, no salts)."""
-        from iom.service.errors import UnknownSubjectError
-        from iom.service.store import check_subject_id
+        from iom.errors import UnknownSubjectError
+        from iom.store.base import check_subject_id
 
         templates = _state(request).service.get(check_subject_id(subject_id))
         if not templates:

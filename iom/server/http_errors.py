@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from arcface.errors import DataFormatError, FaceTooSmallError, IomfaceError, ImageTooLargeError, NoFaceError
-from iom.service.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, PolicyError,
+from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, PolicyError,
                                 RateLimitedError, StoreError, TemplateError, UnknownSubjectError,
                                 WeakTokenError)
 from iom.server.uploads import PayloadTooLargeError

@@ -1,7 +1,7 @@
 """A local ``iomface serve`` in a subprocess, for tests, benchmarks and demos.
 
 :class:`LocalServer` writes a fresh key file (one admin and one client key, more on demand)
-and application secret into a private folder, starts ``python -m iom.service.cli serve`` on
+and application secret into a private folder, starts ``python -m iom.cli serve`` on
 a free loopback port, waits until ``/health`` answers, and stops the server on exit. The
 server's JSON log lines are kept in ``log_path``.
 """
@@ -70,7 +70,7 @@ class LocalServer:
             f.write(secrets.token_urlsafe(32))
         env = {**os.environ, "IOMFACE_DB": self.db, **self.env}
         env.pop("IOMFACE_APP_SECRET", None)
-        command = [sys.executable, "-m", "iom.service.cli", "serve", "--port", str(self.port),
+        command = [sys.executable, "-m", "iom.cli", "serve", "--port", str(self.port),
                    "--keys_file", self.keys_file, "--secret_file", str(secret),
                    "--witness", str(self.folder / "witness"), *self.options]
         self._log = open(self.log_path, "wb")

@@ -15,17 +15,9 @@ import logging
 import os
 import secrets
 
+from iom.server.options import keys_file, trusted_proxies  # noqa: F401 (re-exported)
+
 log = logging.getLogger("iomface.server")
-
-
-def keys_file(args) -> str:
-    from iom.service.errors import InvalidInputError
-
-    path = args.keys_file or os.environ.get("IOMFACE_KEYS_FILE")
-    if not path:
-        raise InvalidInputError("no API key file: pass --keys_file FILE or set IOMFACE_KEYS_FILE "
-                                "(create one with: iomface add-key NAME --role admin --keys_file FILE)")
-    return path
 
 
 def key_command(args) -> tuple[object, int]:
@@ -57,11 +49,11 @@ def build_app(args, request):
     from iom.server.api_keys import KeyRing
     from iom.server.app import ServerState, create_app
     from iom.server.uploads import PhotoAligner, UploadLimits
-    from iom.service.cli_commands import _load_pipeline, _operating_point
-    from iom.service.cli_inputs import witness_path
+    from iom.cli.loading import load_pipeline, operating_point
+    from iom.cli.inputs import witness_path
     from iom.service.policy import ServicePolicy
     from iom.service.service import TemplateService
-    from iom.service.stores import open_store
+    from iom.store.factory import open_store
 
     keys = KeyRing(keys_file(args), on_error=lambda message: log.error(message))
     limits = UploadLimits(args.max_photo_bytes, int(args.max_megapixels * 1e6), args.max_photos)
@@ -70,12 +62,12 @@ def build_app(args, request):
                            identify_per_minute=args.identify_per_minute,
                            subject_verify_per_minute=args.subject_verify_per_minute,
                            max_failures=args.max_failures, failure_window_s=args.failure_window_s)
-    calibration, _ = _operating_point(args, request)
+    calibration, _ = operating_point(args, request)
     gallery = getattr(request, "gallery", None)
     if gallery is not None:
         gallery.connect()                   # --cluster: joined (or started) before the model loads
     args.aligned = True                     # the service takes crops; the server aligns raw photos itself
-    pipeline = _load_pipeline(args, request)
+    pipeline = load_pipeline(args, request)
     store = open_store(request.location)
     admin_secret = secrets.token_bytes(32)
     service = TemplateService(pipeline, store, request.secret, calibration=calibration, policy=policy,
@@ -102,25 +94,6 @@ def _python_only_stderr():
     return sys.stderr
 
 
-def trusted_proxies(text: str) -> list[str]:
-    """The addresses of ``--forwarded_allow_ips`` (IPs or networks), checked: uvicorn's own
-    default trusts 127.0.0.1, so that anyone on the machine could name the client's address."""
-    import ipaddress
-
-    from iom.service.errors import InvalidInputError
-
-    out = []
-    for item in (t.strip() for t in (text or "").split(",")):
-        if not item:
-            continue
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise InvalidInputError(f"--forwarded_allow_ips: {item!r} is not an IP address or network") from None
-        out.append(item)
-    return out
-
-
 def uvicorn_options(args) -> dict:
     """What ``uvicorn.run`` gets: the address, TLS, no access log of its own, and proxy headers
     only from ``--forwarded_allow_ips`` (off without it: uvicorn's default trusts 127.0.0.1)."""
@@ -137,7 +110,7 @@ def serve(args, request) -> int:
     import uvicorn
 
     from iom.server.logs import setup_logging
-    from iom.service.stores import scrub_dsn
+    from iom.store.dsn import scrub_dsn
 
     setup_logging(args.log_level, _python_only_stderr() if args.log_level != "debug" else None)
     app = build_app(args, request)

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from iom.service.errors import InvalidInputError
+from iom.errors import InvalidInputError
 
 
 class PayloadTooLargeError(InvalidInputError):
@@ -74,7 +74,7 @@ class PhotoAligner:
     * ``detectors`` MTCNN detectors, each used by one request at a time (a detector is not to be
       shared between threads), built on first need;
     * one raw-photo alignment in flight per caller (``client``): a second one at the same time is
-      refused at once (:class:`~iom.service.errors.RateLimitedError`), so parallel streams from
+      refused at once (:class:`~iom.errors.RateLimitedError`), so parallel streams from
       one key cannot take every detector;
     * ``seconds_per_minute`` of detection per caller in any minute (``None``: no budget): past
       it, raw photos of that caller are refused until older work leaves the window, so one key
@@ -121,7 +121,7 @@ class PhotoAligner:
             self._lock.notify()
 
     def __call__(self, photos: list[bytes], aligned: bool, client: str = "") -> list:
-        from iom.service.errors import RateLimitedError
+        from iom.errors import RateLimitedError
 
         if aligned:
             return photos

@@ -50,7 +50,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from iom.service.errors import InvalidInputError
+from iom.errors import InvalidInputError
 
 #: confidence of the upper bound on the impostor tail
 CONFIDENCE = 0.95

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from iom.defaults import DEFAULT_HASHER
-from iom.service.errors import InvalidInputError
+from iom.errors import InvalidInputError
 
 #: largest encoded photo accepted (bytes); bigger payloads are refused before decoding
 MAX_PHOTO_BYTES = 20 * 1024 * 1024

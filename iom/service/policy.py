@@ -35,7 +35,7 @@ import math
 import secrets
 from dataclasses import dataclass, fields
 
-from iom.service.errors import InvalidInputError
+from iom.errors import InvalidInputError
 
 #: scrypt cost bounds accepted in a policy (2^10 is far too cheap, 2^20 needs 1 GiB)
 SCRYPT_N_RANGE = (2**10, 2**20)
@@ -121,9 +121,9 @@ def token_bits(token: bytes | str) -> float:
 
 
 def check_token_strength(token: bytes, min_bits: float, what: str = "user_token") -> None:
-    """:class:`~iom.service.errors.WeakTokenError` (a PolicyError) if the token is weaker than
+    """:class:`~iom.errors.WeakTokenError` (a PolicyError) if the token is weaker than
     ``min_bits``."""
-    from iom.service.errors import WeakTokenError
+    from iom.errors import WeakTokenError
 
     bits = token_bits(token)
     if bits < min_bits:

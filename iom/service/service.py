@@ -7,14 +7,14 @@ its own per-template key (the secret and a fresh salt), so every stored template
 under a different key, renewed on reissue. Both keys bind the subject id, purpose, key
 version and model. The store keeps only salts, key versions, model ids and packed codes,
 each row authenticated by an HMAC under a key from the secret, with an HMAC-chained event
-log that makes a revocation rollback evident (:mod:`iom.service.store`).
+log that makes a revocation rollback evident (:mod:`iom.store.base`).
 
 What a caller learns (:class:`~iom.service.policy.ServicePolicy`): by default decisions and
 ranks, never similarities; photos, never raw embeddings; a verification of an unknown or
 revoked subject is a rejection like any other (same type, same work); failed
 verifications of a subject are limited per time window and logged in the store; revoke
 and reissue need the current token with a matching face, or the administrator credential,
-and refuse to overwrite a change made meanwhile (:class:`~iom.service.errors.ConflictError`).
+and refuse to overwrite a change made meanwhile (:class:`~iom.errors.ConflictError`).
 
 Several enrollment samples are fused at feature level (the normalised mean embedding)
 before hashing. The 1:1 threshold comes from the hasher's calibration file (a target FAR);
@@ -33,13 +33,13 @@ import numpy as np
 
 from iom.hashing.keying import CodeKeying
 from iom.service.calibration import identification_threshold, load_calibration, select_operating_point
-from iom.service.errors import (ClusterError, InvalidInputError, PolicyError, RateLimitedError, TemplateError,
+from iom.errors import (ClusterError, InvalidInputError, PolicyError, RateLimitedError, TemplateError,
                                 UnknownSubjectError)
-from iom.service.galleries import GallerySpec
-from iom.service.packing import count_mismatches, from_bytes, pack_codes, to_bytes, unpack_codes
+from iom.search.galleries import GallerySpec
+from iom.search.packing import count_mismatches, from_bytes, pack_codes, to_bytes, unpack_codes
 from iom.service.policy import ServicePolicy, check_token_strength
 from iom.service.rate import CallWindows
-from iom.service.store import TemplateRecord, check_subject_id
+from iom.store.base import TemplateRecord, check_subject_id
 from iom.service.template_keys import (admin_verifier, binding_context, device_key, gallery_key,
                                        identification_key, key_version_for, row_key, scrypt_cost,
                                        verification_key)
@@ -54,7 +54,7 @@ audit_log.addHandler(logging.NullHandler())
 
 def _device_row(device: str) -> str:
     """The attempt log's subject column for a device's identifications with codes."""
-    from iom.service.store import DEVICE_ATTEMPTS
+    from iom.store.base import DEVICE_ATTEMPTS
 
     return f"{DEVICE_ATTEMPTS}{device}"
 
@@ -104,7 +104,7 @@ def _token_bytes(token, what: str = "user_token") -> bytes:
 
 
 class TemplateService:
-    """Protected-template operations over a :class:`~iom.service.store.TemplateStore`.
+    """Protected-template operations over a :class:`~iom.store.base.TemplateStore`.
 
     ``app_secret`` derives every key and authenticates the store (it is never stored);
     ``far`` / ``threshold`` (optional) choose the 1:1 operating point: a target FAR the
@@ -117,7 +117,7 @@ class TemplateService:
     records the head of the event log, so a rollback of the whole database is detected by
     processes started after it too; ``gallery_spec`` (optional) where the identification gallery
     lives: in this process (the default) or sharded over a Ray cluster
-    (:class:`~iom.service.galleries.GallerySpec`; enrolments and revocations reach the shard of
+    (:class:`~iom.search.galleries.GallerySpec`; enrolments and revocations reach the shard of
     each template id).
     """
 

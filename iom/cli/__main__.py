@@ -1,0 +1,7 @@
+"""``python -m iom.cli``: the ``iomface`` command."""
+
+import sys
+
+from iom.cli.main import main
+
+sys.exit(main())

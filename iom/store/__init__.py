@@ -1,0 +1,6 @@
+"""The template store: protected templates (packed IoM codes) in a real database.
+
+:mod:`iom.store.base` (the store's contract and its shared SQL), :mod:`iom.store.sqlite` and
+:mod:`iom.store.postgres` (the back ends), :mod:`iom.store.factory` (a store from a location
+string), :mod:`iom.store.dsn` (no password in any message).
+"""
