@@ -14,6 +14,7 @@ import itertools
 import json
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -443,12 +444,23 @@ def test_rate_limits_per_key_and_per_subject(server, admin, faces):
 
 
 # ---------------------------------------------------------------------------- logs
+def logged(server, request_id: str, timeout_s: float = 20.0) -> list[dict]:
+    """The server's JSON log records of one request. The access line is written once the response
+    has gone out, so under load it may trail the client's answer by a moment: wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+        mine = [x for x in records if x.get("request_id") == request_id]
+        if mine or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.05)
+
+
 def test_a_forwarded_for_header_from_an_untrusted_peer_is_ignored(server, admin):
     """Without --forwarded_allow_ips no proxy is trusted: a caller cannot name its own address."""
     r = admin.http.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
     assert r.status_code == 200
-    records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
-    mine = [x for x in records if x.get("request_id") == r.headers["x-request-id"]]
+    mine = logged(server, r.headers["x-request-id"])
     assert mine and mine[-1]["peer"] == "127.0.0.1"
     assert "203.0.113.9" not in "\n".join(server.log_lines())
 
@@ -458,7 +470,8 @@ def test_logs_are_json_without_tokens_keys_or_photos(server, admin, client, face
     secret_token = "never-log-this-token-7f3a9c"
     assert admin.enrol(name, faces["Hans_Blix"][:1], token=secret_token).status_code == 201
     client.verify(name, faces["Hans_Blix"][2], token=secret_token)
-    client.verify(name, faces["Hans_Blix"][2], token="also-secret-guess-123")
+    last = client.verify(name, faces["Hans_Blix"][2], token="also-secret-guess-123")
+    assert logged(server, last.headers["x-request-id"])           # its access line written
     lines = server.log_lines()
     not_json = [line for line in lines if not line.startswith("{")]
     assert not not_json, not_json[:5]                                 # every line is JSON
