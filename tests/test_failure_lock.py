@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 from iom.hashing.keying import CodeKeying
-from iom.store import base as store_mod
+from iom.store import attempts as store_mod
 from iom.errors import InvalidInputError, RateLimitedError, StoreError, TemplateError
-from iom.store.base import ATTEMPT_MARK
+from iom.store.attempts import ATTEMPT_MARK
 from tests.test_iom_service import SECRET, _NoEmbedder
 from tests.test_iom_store import backend, pg_dsn  # noqa: F401  (fixtures: each back end, fresh)
 

@@ -133,7 +133,8 @@ def test_reissued_identification_template_is_unlinkable(service):
 # ---------------------------------------------------------------------------- 3. authenticated rows
 def _public_checksum(path, template_id):
     """What an attacker without the secret can compute: the checksum under the public key."""
-    from iom.store.base import COLUMNS, TemplateRecord, record_checksum
+    from iom.store.records import TemplateRecord, record_checksum
+    from iom.store.schema import COLUMNS
 
     row = raw(path, f"SELECT {', '.join(COLUMNS)} FROM templates WHERE template_id = ?", (template_id,))[0]
     return record_checksum(TemplateRecord(**dict(zip(COLUMNS, row))))

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from iom.store import base as store_mod
+from iom.store import schema as store_mod
 from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
                                 StoreError, TemplateError, UnknownSubjectError)
 from iom.store.sqlite import SQLiteStore
-from iom.store.base import (MIGRATIONS, TemplateRecord, TemplateStore, record_checksum, utc_now,
-                               validate_record)
+from iom.store.base import TemplateStore
+from iom.store.records import TemplateRecord, record_checksum, utc_now, validate_record
+from iom.store.schema import MIGRATIONS
 from iom.store.factory import open_store
 from tests.pg_server import fresh_database, fresh_schema, postgres_server, unavailable_reason
 
@@ -657,7 +658,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from iom.errors import DuplicateEnrollmentError, UnknownSubjectError
     from iom.store.sqlite import SQLiteStore
-    from iom.store.base import TemplateRecord
+    from iom.store.records import TemplateRecord
 
     def pair(subject, tag):
         return [TemplateRecord(subject, p, (tag + p).encode() * {code_repeat}, bytes(16), 1, "m", 512, 16, 1)

@@ -1,5 +1,6 @@
 """Sharded 1:N search on a real local Ray cluster (issue 15 point 3): iom.search.sharded,
-iom.search.galleries, the service's ``gallery_spec`` and ``iomface identify --cluster``.
+iom.search.cluster, iom.search.galleries, the service's ``gallery_spec`` and ``iomface identify
+--cluster``.
 
 A sharded gallery must return exactly PackedGallery's top-k (same ids, same similarities, same
 order with many ties), place each id on the shard ``shard_of`` names, reach it on removal,
@@ -18,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: the sharded identification gallery (--cluster) "
                                         "needs it (requirements.txt pins it)")
 
+from iom.search import cluster as search_cluster  # noqa: E402
 from iom.search import sharded as sharded_search  # noqa: E402
 from iom.errors import ClusterError, InvalidInputError  # noqa: E402
 from iom.search.galleries import GallerySpec, check_cluster, make_gallery  # noqa: E402
@@ -59,9 +62,9 @@ def token_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(token_path):
     """A real local Ray cluster for this module; yields its address (a head's HOST:PORT)."""
-    sharded_search.connect("local", num_cpus=2, object_store_memory=100 * 2**20)
+    search_cluster.connect("local", num_cpus=2, object_store_memory=100 * 2**20)
     yield ray.get_runtime_context().gcs_address
-    sharded_search.shutdown()
+    search_cluster.shutdown()
 
 
 def _pair(m, q, ids, codes, shards=3):
@@ -110,26 +113,26 @@ def test_a_new_token_file_is_private_from_the_start(tmp_path, monkeypatch):
     path = tmp_path / "new" / "auth_token"
     old_umask = os.umask(0)                    # even when the umask would leave everything open
     try:
-        assert sharded_search.secure_token_file(path) == path
+        assert search_cluster.secure_token_file(path) == path
     finally:
         os.umask(old_umask)
     token = path.read_text()
     assert (_mode(path), _mode(path.parent)) == (0o600, 0o700)
     assert len(token) == 64 and int(token, 16) >= 0
-    assert sharded_search.secure_token_file(path) == path and path.read_text() == token   # kept
+    assert search_cluster.secure_token_file(path) == path and path.read_text() == token   # kept
     path.write_text("")                        # an empty file is no token to Ray: a new one
-    sharded_search.secure_token_file(path)
+    search_cluster.secure_token_file(path)
     assert len(path.read_text()) == 64 and path.read_text() != token and _mode(path) == 0o600
     # joining a remote cluster: a missing token is the operator's to give, nothing is created
     gone = tmp_path / "absent" / "auth_token"
-    assert sharded_search.secure_token_file(gone, create=False) is None and not gone.parent.exists()
+    assert search_cluster.secure_token_file(gone, create=False) is None and not gone.parent.exists()
     # the default path follows Ray's order; a token in RAY_AUTH_TOKEN needs no file
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(gone))
-    assert sharded_search.token_file() == gone
+    assert search_cluster.token_file() == gone
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
-    assert sharded_search.token_file() == Path.home() / ".ray" / "auth_token"
+    assert search_cluster.token_file() == Path.home() / ".ray" / "auth_token"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 64)
-    assert sharded_search.secure_token_file() is None
+    assert search_cluster.secure_token_file() is None
 
 
 def test_a_loose_token_file_is_tightened_or_refused(tmp_path, monkeypatch):
@@ -139,29 +142,29 @@ def test_a_loose_token_file_is_tightened_or_refused(tmp_path, monkeypatch):
     path = folder / "auth_token"
     path.write_text(LOOSE_TOKEN)
     os.chmod(path, 0o644)
-    assert sharded_search.secure_token_file(path, create=False) == path           # joining: tightened too
+    assert search_cluster.secure_token_file(path, create=False) == path           # joining: tightened too
     assert (_mode(path), _mode(folder), path.read_text()) == (0o600, 0o700, LOOSE_TOKEN)
 
     os.chmod(path, 0o644)
-    monkeypatch.setattr(sharded_search.os, "fchmod", _refuse)                      # chmod not allowed
+    monkeypatch.setattr(search_cluster.os, "fchmod", _refuse)                      # chmod not allowed
     with pytest.raises(ClusterError, match=re.escape(str(path)) + ".*mode 0644"):
-        sharded_search.secure_token_file(path)
+        search_cluster.secure_token_file(path)
     monkeypatch.undo()
-    monkeypatch.setattr(sharded_search.os, "geteuid", lambda: os.getuid() + 4242)  # another user's file
+    monkeypatch.setattr(search_cluster.os, "geteuid", lambda: os.getuid() + 4242)  # another user's file
     with pytest.raises(ClusterError, match=re.escape(str(folder)) + f".*belongs to uid {os.getuid()}"):
-        sharded_search.secure_token_file(path)
+        search_cluster.secure_token_file(path)
     monkeypatch.undo()
 
     link = folder / "linked_token"
     link.symlink_to(path)
     with pytest.raises(ClusterError, match=re.escape(str(link)) + ".*not a link"):
-        sharded_search.secure_token_file(link)
+        search_cluster.secure_token_file(link)
     with pytest.raises(ClusterError, match=re.escape(str(folder)) + ".*not a regular file"):
-        sharded_search.secure_token_file(folder)
+        search_cluster.secure_token_file(folder)
     linked_folder = tmp_path / "linked_folder"
     linked_folder.symlink_to(folder)
     with pytest.raises(ClusterError, match=re.escape(str(linked_folder)) + ".*not a folder"):
-        sharded_search.secure_token_file(linked_folder / "auth_token")
+        search_cluster.secure_token_file(linked_folder / "auth_token")
 
 
 def _refuse(*args):
@@ -172,7 +175,7 @@ def test_a_local_cluster_needs_token_authentication(monkeypatch):
     for off in ("disabled", "k8s", ""):
         monkeypatch.setenv("RAY_AUTH_MODE", off)
         with pytest.raises(ClusterError, match=f"RAY_AUTH_MODE={off}: a local Ray cluster needs token"):
-            sharded_search.require_token_auth(ray)
+            search_cluster.require_token_auth(ray)
 
 
 def _listening_sockets() -> dict[int, tuple[str, int]]:
@@ -243,7 +246,7 @@ def test_local_cluster_sessions_live_in_a_private_folder(cluster):
 
     import ray
 
-    from iom.search.sharded import private_temp_dir
+    from iom.search.cluster import private_temp_dir
 
     folder = private_temp_dir()
     info = os.lstat(folder)
@@ -272,15 +275,15 @@ def test_local_cluster_listens_on_loopback_only(cluster):
 
 
 def test_a_cluster_reporting_another_address_is_refused(monkeypatch):
-    monkeypatch.setattr(sharded_search, "local_cluster_addresses",
+    monkeypatch.setattr(search_cluster, "local_cluster_addresses",
                         lambda ray: {"gcs": "127.0.0.1:6379", "driver": "127.0.0.1", "node 0a1b": "10.0.0.5"})
     with pytest.raises(ClusterError, match="node 0a1b is at 10.0.0.5, not on 127.0.0.1"):
-        sharded_search.check_loopback(ray)
-    monkeypatch.setattr(sharded_search, "local_cluster_addresses", lambda ray: {"gcs": "0.0.0.0:6379"})
+        search_cluster.check_loopback(ray)
+    monkeypatch.setattr(search_cluster, "local_cluster_addresses", lambda ray: {"gcs": "0.0.0.0:6379"})
     with pytest.raises(ClusterError, match="gcs is at 0.0.0.0:6379"):
-        sharded_search.check_loopback(ray)
-    monkeypatch.setattr(sharded_search, "local_cluster_addresses", lambda ray: {"gcs": "[::1]:6379", "driver": "::1"})
-    sharded_search.check_loopback(ray)
+        search_cluster.check_loopback(ray)
+    monkeypatch.setattr(search_cluster, "local_cluster_addresses", lambda ray: {"gcs": "[::1]:6379", "driver": "::1"})
+    search_cluster.check_loopback(ray)
 
 
 # ---------------------------------------------------------------------------- same answers
@@ -378,6 +381,15 @@ def test_empty_gallery_and_a_lost_shard(cluster):
     ids = np.arange(50)
     g.add(ids, np.random.default_rng(0).integers(0, 4, size=(50, 16)))
     ray.kill(g._shards[0])                               # a worker dies
+    dead_by = time.monotonic() + 60                      # ray.kill is asynchronous: wait until it is gone
+    while time.monotonic() < dead_by:
+        try:
+            ray.get(g._shards[0].ready.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            break
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.05)
     with pytest.raises(ClusterError, match="lost"):
         g.search(np.zeros(16, int), 3)
     g.close()
@@ -401,7 +413,7 @@ def test_gallery_spec_and_factory_errors(cluster):
     with pytest.raises(ClusterError, match="no Ray cluster answers at 127.0.0.1:1"):    # nothing listens
         make_gallery(8, 4, cluster="127.0.0.1:1", shards=2)
     with pytest.raises(ClusterError, match="already on the Ray cluster 'local'"):
-        sharded_search.connect("auto")
+        search_cluster.connect("auto")
     with pytest.raises(ValueError, match="shards must be a positive integer"):
         ShardedGallery(8, 4, shards=0)
     for m, q in ((0, 4), (8, 1), (8, 300)):                             # PackedGallery's own checks
@@ -414,6 +426,16 @@ def test_gallery_spec_and_factory_errors(cluster):
     spec.connect()                                                      # already joined: nothing new
     with spec.make(8, 4, capacity=1000) as g:
         assert isinstance(g, ShardedGallery) and g.shards == 3
+
+
+def test_the_cluster_names_stay_importable_from_their_old_modules():
+    from iom.search import galleries
+
+    for name in ("connect", "connected", "shutdown", "secure_token_file", "secure_token_folder", "token_file",
+                 "require_token_auth", "private_temp_dir", "check_loopback", "local_cluster_addresses", "LOOPBACK"):
+        assert getattr(sharded_search, name) is getattr(search_cluster, name), name
+    for name in ("check_cluster", "check_reachable", "host_port", "REACH_TIMEOUT_S"):
+        assert getattr(galleries, name) is getattr(search_cluster, name), name
 
 
 def test_in_process_never_imports_ray():

@@ -28,12 +28,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from iom.attacks.targets import Hit, Outcome, Target
+from iom.attacks.base import Hit, Outcome, Target
 from iom.keys import TemplateKey
 from iom.errors import (DuplicateEnrollmentError, RevokedTemplateError, StoreError, TemplateError,
                                 UnknownSubjectError)
 from iom.search.packing import count_mismatches, from_bytes, pack_codes, to_bytes
-from iom.store.base import MIGRATIONS, _encode_field   # schema 1 and its column encoding
+from iom.store.records import _encode_field   # the column encoding
+from iom.store.schema import MIGRATIONS       # schema 1
 
 LEGACY_COMMIT = "f62251953eca7157596b5b37e0575c68a0e15ca9"
 KEY_VERSION = 1

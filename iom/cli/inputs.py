@@ -324,7 +324,7 @@ def subject_folders(folder: str) -> list[tuple[str, list[str]]]:
     the subject id; its photos, sorted, are fused into one template). Files directly in
     ``folder`` and sub-folders without photos are an :class:`InvalidInputError`."""
     from iom.errors import InvalidInputError
-    from iom.store.base import check_subject_id
+    from iom.store.records import check_subject_id
 
     if not os.path.isdir(folder):
         raise InvalidInputError(f"--from-folder {folder}: not a folder")
@@ -355,7 +355,7 @@ def read_batch_file(path: str, columns: tuple[str, ...]) -> list[tuple[str, ...]
     starting with ``#`` are skipped; a malformed line is an :class:`InvalidInputError` naming
     its number."""
     from iom.errors import InvalidInputError
-    from iom.store.base import check_subject_id
+    from iom.store.records import check_subject_id
 
     text = _read_small_text(path, "batch file")
     base = os.path.dirname(os.path.abspath(path))
@@ -384,7 +384,7 @@ def read_tokens_table(path: str) -> dict[str, bytes]:
     """``{subject: token}`` from a tokens file: one ``SUBJECT<TAB>TOKEN`` line per subject, the
     file private to its owner (``chmod 600``, like a secret file)."""
     from iom.errors import InvalidInputError
-    from iom.store.base import check_subject_id
+    from iom.store.records import check_subject_id
 
     text = read_secret_file(path, "--tokens_file").decode("utf-8", errors="strict")
     tokens: dict[str, bytes] = {}

@@ -112,7 +112,7 @@ class Request:
     def __init__(self, args, stdin=None):
         from iom.errors import InvalidInputError
         from iom.service.pipeline import Pipeline
-        from iom.store.base import check_subject_id
+        from iom.store.records import check_subject_id
 
         self.args = args
         _check_options(args)

@@ -7,7 +7,8 @@ relabelling and packing that turn the model's code into the bytes the service st
 
 Modules: :mod:`.model` (the Keras graph), :mod:`.convert` (TFLite, ONNX, SavedModel),
 :mod:`.manifest` (``export.json``), :mod:`.exporter` (arguments, temporary folder, backend),
-:mod:`.cli` (``scripts/export.py``), :mod:`.reference` (standalone: NumPy, hashlib, hmac).
+:mod:`.cli` (``scripts/export.py``), :mod:`.reference` (standalone: NumPy, hashlib, hmac),
+:mod:`.spec` (formats, variants, file names, :class:`ExportError`: re-exported here).
 
 The conversion always runs on Keras' TensorFlow backend: a process running another backend
 (JAX) converts in a child process started with ``KERAS_BACKEND=tensorflow``. This package's
@@ -16,22 +17,11 @@ import loads neither Keras nor TensorFlow.
 
 from __future__ import annotations
 
-from arcface.errors import IomfaceError
+from iom.export.spec import (CROP_SIZE_RANGE, DEFAULT_CROP_SIZE, FORMATS, MANIFEST_FILE, REFERENCE_FILE, VARIANTS,
+                             ExportError)
 
-#: output formats and the model file (or folder) each writes in the output folder
-FORMATS = {"tflite": "model.tflite", "onnx": "model.onnx", "savedmodel": "saved_model"}
-#: ``face``: an aligned 112x112 crop in; ``crop``: a square detector crop of ``crop_size``
-VARIANTS = ("face", "crop")
-DEFAULT_CROP_SIZE = 160
-#: accepted ``crop_size`` range (pixels a side)
-CROP_SIZE_RANGE = (32, 1024)
-MANIFEST_FILE = "export.json"
-REFERENCE_FILE = "reference.py"
-
-
-class ExportError(IomfaceError, ValueError):
-    """An export cannot be made as asked (bad format, variant, size, hasher or output
-    folder, or a converter that is missing or failed); nothing was written."""
+__all__ = ["CROP_SIZE_RANGE", "DEFAULT_CROP_SIZE", "FORMATS", "MANIFEST_FILE", "REFERENCE_FILE", "VARIANTS",
+           "ExportError", "export"]
 
 
 def export(hasher_name: str, fmt: str, out_dir, variant: str = "face", crop_size: int | None = None,

@@ -27,8 +27,8 @@ from iom.defaults import DEFAULT_HASHER
 
 def main(argv=None) -> int:
     from arcface.cli import import_backend_quietly
-    from iom.export import CROP_SIZE_RANGE, DEFAULT_CROP_SIZE, FORMATS, VARIANTS
     from iom.export.exporter import check_arguments, export
+    from iom.export.spec import CROP_SIZE_RANGE, DEFAULT_CROP_SIZE, FORMATS, VARIANTS
 
     parser = argparse.ArgumentParser(prog="export.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

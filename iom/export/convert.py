@@ -21,7 +21,7 @@ import os
 import tempfile
 import warnings
 
-from iom.export import ExportError
+from iom.export.spec import ExportError
 
 #: ONNX operator set of the exported file (tf2onnx 1.17 writes up to 18; ONNX Runtime >= 1.13 runs 17)
 ONNX_OPSET = 17

@@ -19,8 +19,8 @@ import subprocess
 import sys
 import tempfile
 
-from iom.export import (CROP_SIZE_RANGE, DEFAULT_CROP_SIZE, FORMATS, MANIFEST_FILE, REFERENCE_FILE, VARIANTS,
-                        ExportError)
+from iom.export.spec import (CROP_SIZE_RANGE, DEFAULT_CROP_SIZE, FORMATS, MANIFEST_FILE, REFERENCE_FILE,
+                             VARIANTS, ExportError)
 
 
 def check_arguments(hasher_name: str, fmt: str, out_dir, variant: str = "face", crop_size=None,
@@ -116,7 +116,7 @@ def _missing_parents(path: str) -> list[str]:
 
 
 def _export_here(hasher_name, fmt, out, variant, crop_size) -> dict:
-    from iom.export import reference
+    import iom.export.reference as reference
     from iom.export.convert import convert
     from iom.export.manifest import build_manifest, file_table
     from iom.export.model import input_spec, load_code_model, output_spec

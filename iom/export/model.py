@@ -24,7 +24,7 @@ import os
 import keras
 from keras import ops
 
-from iom.export import DEFAULT_CROP_SIZE, VARIANTS
+from iom.export.spec import DEFAULT_CROP_SIZE, VARIANTS
 
 
 @keras.saving.register_keras_serializable(package="iomface_export")

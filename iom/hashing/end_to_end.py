@@ -1,7 +1,7 @@
 """End-to-end stage 2, as the parent trains it: the stage-1 backbone learns with the IoM head.
 
 ``train_backbone`` (config) says how much of the backbone trains: ``none`` (the head alone, on
-cached embeddings: :func:`iom.hashing.train.train_hasher`), ``last_blocks`` (the backbone from
+cached embeddings: :func:`iom.hashing.trainer.train_hasher`), ``last_blocks`` (the backbone from
 layer ``trainable_from`` on) or ``all``. Small data pulls a strong backbone apart easily, so the
 joint phase is held by four tools:
 
@@ -180,9 +180,9 @@ class JointTrainer(keras.Model):
 
 
 def scaled_optimizer(cfg, variables, factor: float) -> keras.optimizers.Optimizer:
-    """The config's optimizer (:func:`iom.hashing.train.build_optimizer`) with the learning rate
+    """The config's optimizer (:func:`iom.hashing.trainer.build_optimizer`) with the learning rate
     of ``variables`` scaled by ``factor`` (the others at ``base_lr``)."""
-    from iom.hashing.train import build_optimizer
+    from iom.hashing.trainer import build_optimizer
 
     base = build_optimizer(cfg)
 
@@ -228,7 +228,7 @@ def train_end_to_end(cfg, checkpoint_root: str = "checkpoints", log_root: str = 
     Otherwise the head-only model ships, under its own guard."""
     from iom.features import training_set
     from iom.hashing.guard import code_scores, decide, validation_split
-    from iom.hashing.train import _plain, train_hasher
+    from iom.hashing.trainer import _plain, train_hasher
 
     data = training_set(cfg)
     if data.paths is None:
@@ -286,7 +286,7 @@ def _joint_phase(cfg, hasher, train, val, log_root: str, progress: bool):
     from arcface.callbacks import ScalarLog, TrainLogCallback
     from iom.features import load_stage1
     from iom.hashing.sampler import PKSampler
-    from iom.hashing.train import HashingTrainer, deterministic_ops, distillation_map, loss_settings
+    from iom.hashing.trainer import HashingTrainer, deterministic_ops, distillation_map, loss_settings
 
     with deterministic_ops():
         keras.utils.set_random_seed(cfg["seed"])
@@ -333,7 +333,7 @@ def _head_only_under_its_guard(cfg, hasher, train, val, report):
     """The head-only model (its learned weights in ``hasher`` now) against random IoM and its
     own start, as head-only training would have shipped it."""
     from iom.hashing.hasher import DeepIoMHasher
-    from iom.hashing.train import _apply_guard
+    from iom.hashing.trainer import _apply_guard
 
     initial = DeepIoMHasher.from_config(cfg, train.x.shape[1])
     initial.fit_input_normalization(train.x)

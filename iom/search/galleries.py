@@ -12,60 +12,21 @@ A :class:`GallerySpec` says it, and makes the gallery the service searches:
 =================================  =====================================================
 
 Both galleries have the same interface and return the same top-k for the same contents.
-This module imports neither Ray nor the sharded gallery until a sharded gallery is made,
-and :func:`check_cluster` only parses (the command line calls it before anything loads).
+This module imports neither Ray nor the sharded gallery until a sharded gallery is made. The
+address helpers live in :mod:`iom.search.cluster` and are importable from here too:
+:func:`check_cluster` only parses (the command line calls it before anything loads).
 """
 
 from __future__ import annotations
 
-import re
-import socket
 from dataclasses import dataclass
 
 from iom.errors import ClusterError, InvalidInputError
+# the address helpers were this module's before iom.search.cluster held them: importable from here still
+from iom.search.cluster import REACH_TIMEOUT_S, check_cluster, check_reachable, connect, host_port
 
 #: shards of a sharded gallery when ``--shards`` is not given
 DEFAULT_SHARDS = 2
-#: seconds to wait for a TCP answer from a cluster's head before saying it is unreachable
-REACH_TIMEOUT_S = 5.0
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)$")
-
-
-def check_cluster(cluster) -> str | None:
-    """``cluster`` checked: ``None`` (in-process), ``"local"``, ``"auto"``, or the
-    ``HOST:PORT`` (or ``ray://HOST:PORT``) of a Ray head; :class:`InvalidInputError` otherwise."""
-    if cluster is None or cluster in ("local", "auto"):
-        return cluster
-    if not isinstance(cluster, str):
-        raise InvalidInputError(f"cluster must be 'local', 'auto' or HOST:PORT, got {type(cluster).__name__}")
-    address = cluster[len("ray://"):] if cluster.startswith("ray://") else cluster
-    host, sep, port = address.rpartition(":")
-    if not sep or not _HOST.match(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise InvalidInputError(f"--cluster must be 'local' (start a Ray cluster on this machine), 'auto' (the one "
-                                f"running here) or HOST:PORT of a Ray head (e.g. 10.0.0.5:6379), got {cluster!r}")
-    return cluster
-
-
-def host_port(cluster: str) -> tuple[str, int]:
-    """The ``(host, port)`` of a checked ``HOST:PORT`` / ``ray://HOST:PORT`` address."""
-    address = cluster[len("ray://"):] if cluster.startswith("ray://") else cluster
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def check_reachable(cluster: str | None, timeout_s: float = REACH_TIMEOUT_S) -> None:
-    """For a ``HOST:PORT`` cluster, that something accepts TCP connections there (one connect,
-    closed at once; no Ray import): :class:`ClusterError` naming the address otherwise. Ray
-    itself would retry for minutes before giving up."""
-    if cluster in (None, "local", "auto"):
-        return
-    host, port = host_port(cluster)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise ClusterError(f"no Ray cluster answers at {cluster} ({e.strerror or e}): start its head with "
-                           f"'ray start --head --port {port}' there, or give --cluster local") from None
 
 
 @dataclass(frozen=True)
@@ -108,8 +69,6 @@ class GallerySpec:
         """Join (or start) the cluster now, so a bad address fails before anything else loads;
         nothing for an in-process gallery. :class:`ClusterError` naming the address."""
         if self.sharded:
-            from iom.search.sharded import connect
-
             connect(self.cluster)
 
     def make(self, m: int, q: int, capacity: int = 0):
@@ -132,4 +91,5 @@ def make_gallery(m: int, q: int, cluster: str | None = None, shards: int | None 
     return GallerySpec(cluster, shards, shard_workers).make(m, q, capacity)
 
 
-__all__ = ["DEFAULT_SHARDS", "ClusterError", "GallerySpec", "check_cluster", "check_reachable", "make_gallery"]
+__all__ = ["DEFAULT_SHARDS", "ClusterError", "GallerySpec", "REACH_TIMEOUT_S", "check_cluster", "check_reachable",
+           "host_port", "make_gallery"]

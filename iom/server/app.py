@@ -360,7 +360,7 @@ def create_app(state: ServerState) -> FastAPI:
     def show(request: Request, subject_id: str, credential: Admin):
         """A subject's template metadata and version (no codes, no salts)."""
         from iom.errors import UnknownSubjectError
-        from iom.store.base import check_subject_id
+        from iom.store.records import check_subject_id
 
         templates = _state(request).service.get(check_subject_id(subject_id))
         if not templates:

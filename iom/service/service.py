@@ -19,6 +19,10 @@ and refuse to overwrite a change made meanwhile (:class:`~iom.errors.ConflictErr
 Several enrollment samples are fused at feature level (the normalised mean embedding)
 before hashing. The 1:1 threshold comes from the hasher's calibration file (a target FAR);
 identification accepts at the 1:N threshold of the gallery's size (a target FPIR).
+
+The limits checked before any work are :mod:`iom.service.admission`'s, the identification
+gallery is kept by :mod:`iom.service.identification` (both mixins of :class:`TemplateService`),
+and the result types are :mod:`iom.service.results`'.
 """
 
 from __future__ import annotations
@@ -27,19 +31,20 @@ import hmac
 import logging
 import os
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
 from iom.hashing.keying import CodeKeying
-from iom.service.calibration import identification_threshold, load_calibration, select_operating_point
-from iom.errors import (ClusterError, InvalidInputError, PolicyError, RateLimitedError, TemplateError,
-                                UnknownSubjectError)
+from iom.service.calibration import load_calibration, select_operating_point
+from iom.errors import ClusterError, InvalidInputError, PolicyError, TemplateError, UnknownSubjectError
 from iom.search.galleries import GallerySpec
-from iom.search.packing import count_mismatches, from_bytes, pack_codes, to_bytes, unpack_codes
+from iom.search.packing import count_mismatches, from_bytes, pack_codes, to_bytes
+from iom.service.admission import AdmissionMixin, _device_row
+from iom.service.identification import IdentificationMixin
 from iom.service.policy import ServicePolicy, check_token_strength
 from iom.service.rate import CallWindows
-from iom.store.base import TemplateRecord, check_subject_id
+from iom.service.results import Candidate, Decision, _Sample
+from iom.store.records import TemplateRecord, check_subject_id
 from iom.service.template_keys import (admin_verifier, binding_context, device_key, gallery_key,
                                        identification_key, key_version_for, row_key, scrypt_cost,
                                        verification_key)
@@ -52,47 +57,6 @@ audit_log = logging.getLogger("iomface.audit")
 audit_log.addHandler(logging.NullHandler())
 
 
-def _device_row(device: str) -> str:
-    """The attempt log's subject column for a device's identifications with codes."""
-    from iom.store.base import DEVICE_ATTEMPTS
-
-    return f"{DEVICE_ATTEMPTS}{device}"
-
-
-class _Sample:
-    """What a request brings to be hashed: a fused embedding, or a device's un-keyed code
-    (which a key relabels as the hasher would: key_mode 'code')."""
-
-    def __init__(self, hasher, embedding: np.ndarray | None = None, code: np.ndarray | None = None):
-        self.hasher, self.embedding, self.code = hasher, embedding, code
-
-    def encode(self, key) -> np.ndarray:
-        """The sample's code (1, m) under ``key`` (``None``: un-keyed)."""
-        if self.code is None:
-            return self.hasher.encode(self.embedding, key)
-        return self.code if key is None else self.hasher.keying(key).apply(self.code)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A verification result; ``similarity`` and ``threshold`` only when the policy exposes scores."""
-
-    accepted: bool
-    similarity: float | None = None
-    threshold: float | None = None
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An identification candidate (best first, ``rank`` from 1); ``similarity`` only when
-    the policy exposes scores."""
-
-    subject_id: str
-    rank: int
-    accepted: bool
-    similarity: float | None = None
-
-
 def _token_bytes(token, what: str = "user_token") -> bytes:
     if isinstance(token, str):
         token = token.encode("utf-8")
@@ -103,7 +67,7 @@ def _token_bytes(token, what: str = "user_token") -> bytes:
     return bytes(token)
 
 
-class TemplateService:
+class TemplateService(AdmissionMixin, IdentificationMixin):
     """Protected-template operations over a :class:`~iom.store.base.TemplateStore`.
 
     ``app_secret`` derives every key and authenticates the store (it is never stored);
@@ -334,28 +298,6 @@ class TemplateService:
             audit_log.warning("identify with a device code matched no one device=%r", device)
         return out if self.policy.expose_scores else [c for c in out if c.accepted]
 
-    def identification_point(self) -> dict:
-        """The 1:N operating point of an identification now: the gallery's size, the FPIR
-        target, the threshold and the TAR the calibration set expects at it (``None`` for an
-        empty gallery or a calibration without genuine histogram)."""
-        from iom.service.calibration import rates_at
-
-        gallery, _ = self._current_gallery()
-        n = len(gallery)
-        threshold = self.identification_threshold(n) if n else None
-        tar = rates_at(self.calibration, threshold)[0] if threshold is not None else None
-        return {"gallery_size": n, "fpir_target": self.policy.fpir, "threshold": threshold,
-                "expected_tar": tar, "calibration_set": str(self.calibration.get("dataset", ""))}
-
-    def identification_threshold(self, gallery_size: int) -> float:
-        """The similarity a candidate needs in a gallery of ``gallery_size`` (FPIR policy);
-        :class:`TemplateError` when the calibration cannot bound that FPIR at that size
-        (identification then refuses rather than accept at an uncertified threshold)."""
-        try:
-            return identification_threshold(self.calibration, gallery_size, self.policy.fpir)
-        except InvalidInputError as e:
-            raise TemplateError(f"identification at policy fpir={self.policy.fpir:g}: {e}") from None
-
     def revoke(self, subject_id: str, *, user_token=None, proof_photo=None, proof_embedding=None,
                admin_secret=None, expected_version: int | None = None, client: str = "") -> int:
         """Revoke every active template of the subject; needs the current token with a
@@ -436,113 +378,11 @@ class TemplateService:
                          "version": history[0]["version"] if history else 0})
         return rows
 
-    def refresh(self) -> None:
-        """Forget the identification gallery (rebuilt from the store on the next identify;
-        changes of other processes are picked up anyway from the event log). A sharded
-        gallery's shards stop once no search uses them any more."""
-        with self._gallery_lock:
-            self._gallery = None
-
     # ------------------------------------------------------------------ policy
     def _new_token(self, token, what: str) -> bytes:
         token = _token_bytes(token, what)
         check_token_strength(token, self.policy.min_token_bits, what)
         return token
-
-    def _check_failures(self, subject_id: str, client: str) -> None:
-        """The early check of :meth:`admit`, before any work: :class:`RateLimitedError` if the
-        subject's failed (and in-flight) verifications reached ``policy.max_failures``. The
-        binding check is the reservation :meth:`verify` makes (:meth:`_reserve_failure`)."""
-        failures = self.store.count_attempts(subject_id, "verify", self.policy.failure_window_s)
-        if failures >= self.policy.max_failures:
-            raise self._failure_limit_reached(subject_id, client)
-
-    def _failure_limit_reached(self, subject_id: str, client: str) -> RateLimitedError:
-        """Record and log a refusal for too many failures; the error to raise."""
-        self._record_refusal(subject_id, client, "rate-limited", "refused")
-        audit_log.warning("verify refused (rate limit) subject=%r client=%r", subject_id, client)
-        return RateLimitedError(f"too many failed verifications of {subject_id!r}: try again later",
-                                retry_after=self.policy.failure_window_s)
-
-    def _reserve_failure(self, subject_id: str, client: str) -> int:
-        """Reserve one of the subject's ``policy.max_failures`` verifications in the window,
-        atomically (counted with the failures and other reservations in one store
-        transaction); its attempt id. :class:`RateLimitedError` when none is left. Until
-        resolved the reservation counts as a failure (a crash leaves it so: fail closed)."""
-        attempt = self.store.reserve_attempt(subject_id, client, "verify", self.policy.failure_window_s,
-                                             self.policy.max_failures)
-        if attempt is None:
-            raise self._failure_limit_reached(subject_id, client)
-        return attempt
-
-    def _resolve_reservation(self, subject_id: str, client: str, attempt: int, accepted: bool) -> None:
-        """A rejection keeps the reservation as a failure (and is logged); an acceptance frees it."""
-        self.store.finish_attempt(subject_id, attempt, "accepted" if accepted else "rejected")
-        if not accepted:
-            audit_log.warning("verify rejected subject=%r client=%r", subject_id, client)
-
-    def _cancel_reservation(self, subject_id: str, attempt: int) -> None:
-        """Free the reservation of a verification that failed with an error before any decision
-        (as before reservations, an error is not a failed attempt); if even that fails the
-        reservation stays pending, counted as a failure."""
-        try:
-            self.store.finish_attempt(subject_id, attempt, "cancelled")
-        except TemplateError:
-            pass
-
-    def admit(self, op: str, client: str = "", subject_id: str | None = None) -> None:
-        """Count one call of ``op`` by ``client`` against the policy's limits, before any work:
-        ``"verify"`` (per client, per subject whoever calls, and the subject's failed
-        verifications), ``"identify"`` (per client), ``"identify-code"`` (an identification with
-        a device code, ``client`` the device: per device, and its identifications that matched no
-        one), ``"compare"`` (two photos, no template: the client's verification budget).
-        :class:`RateLimitedError` past a limit."""
-        if op == "verify":
-            subject_id = check_subject_id(subject_id)
-            self._check_call_rate(client, "verify", self.policy.verify_per_minute)
-            self._check_call_rate(client, "verify", self.policy.subject_verify_per_minute, subject_id)
-            self._check_failures(subject_id, client)
-        elif op == "identify":
-            self._check_call_rate(client, "identify", self.policy.identify_per_minute)
-        elif op == "identify-code":
-            self._check_call_rate(client, "identify-code", self.policy.code_identify_per_minute)
-            self._check_code_misses(client)
-        elif op == "compare":
-            self._check_call_rate(client, "verify", self.policy.verify_per_minute)
-        else:
-            raise InvalidInputError(f"op must be verify, identify, identify-code or compare, got {op!r}")
-
-    def _check_code_misses(self, device: str) -> None:
-        """:class:`RateLimitedError` once the device's identifications with codes that matched no
-        one reached ``policy.max_code_misses`` in ``policy.code_miss_window_s`` (kept in the
-        store's authenticated attempt log, like failed verifications): a boundary walk with
-        chosen codes misses at almost every other query."""
-        misses = self.store.count_attempts(_device_row(device), "identify-code", self.policy.code_miss_window_s)
-        if misses >= self.policy.max_code_misses:
-            self._record_refusal(_device_row(device), device, "rate-limited", "refused")
-            audit_log.warning("identify with codes refused (misses) device=%r", device)
-            raise RateLimitedError(f"device {device!r}: {misses} identifications with codes matched no one in "
-                                   f"the last {self.policy.code_miss_window_s:g} s: try again later",
-                                   retry_after=self.policy.code_miss_window_s)
-
-    def _record_refusal(self, subject_id: str, client: str, op: str, outcome: str) -> None:
-        """A refusal in the store's attempt log, at most once a minute per (subject, client, op):
-        a flood of refused calls must not become a flood of writes."""
-        if self._refusals.admit((subject_id, str(client), op), 1) is None:
-            self.store.record_attempt(subject_id, client, op, outcome)
-
-    def _check_call_rate(self, client: str, op: str, per_minute: int, subject_id: str = "") -> None:
-        """At most ``per_minute`` calls of ``op`` per client (or, with ``subject_id``, about
-        that subject whoever calls) in any 60 s (this service object)."""
-        key = (op, "subject", subject_id) if subject_id else (op, "client", str(client))
-        wait = self._calls.admit(key, per_minute)
-        if wait is None:
-            return
-        self._record_refusal(subject_id, client, op, "rate-limited")
-        audit_log.warning("%s refused (rate limit) subject=%r client=%r", op, subject_id, client)
-        who = f"{per_minute} {op} calls about {subject_id!r} were made" if subject_id else \
-            f"client {client!r} made {per_minute} {op} calls"
-        raise RateLimitedError(f"{who} in the last minute: try again later", retry_after=wait)
 
     def _authorise(self, subject_id: str, user_token, proof_photo, proof_embedding, admin_secret,
                    client: str) -> int:
@@ -571,50 +411,3 @@ class TemplateService:
         if not self._made_here(record):
             raise TemplateError(f"template of {record.subject_id!r} was made by model {record.model_id!r} "
                                 f"(m={record.m}, q={record.q}); this service runs {self.pipeline.model_id!r}")
-
-    def _gallery_entries(self, records: list[TemplateRecord]) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Ids, gallery-space codes and subjects of identification records of this model."""
-        keep = [r for r in records if r.purpose == "identify" and r.active and self._made_here(r)]
-        if not keep:
-            return np.zeros(0, np.int64), np.zeros((0, self.m), np.uint8), {}
-        codes = np.concatenate([
-            self._identification_keying(r.subject_id, r.salt, r.key_version).invert(
-                unpack_codes(self._stored(r)[None], self.m, self.q))
-            for r in keep])
-        return (np.asarray([r.template_id for r in keep], np.int64), codes,
-                {r.template_id: r.subject_id for r in keep})
-
-    def _current_gallery(self):
-        """The gallery (in this process, or its shards on a cluster: :attr:`gallery_spec`),
-        brought up to date with the event log (other processes' changes included)."""
-        with self._gallery_lock:
-            return self._updated_gallery()
-
-    def _updated_gallery(self):
-        """:meth:`_current_gallery` for a caller that holds ``_gallery_lock``."""
-        if self._gallery is None:
-            head, records = self.store.identify_gallery(self.pipeline.model_id)
-            ids, codes, subjects = self._gallery_entries(records)
-            gallery = self.gallery_spec.make(self.m, self.q, capacity=len(ids))
-            if len(ids):
-                gallery.add(ids, codes)
-            self._gallery = (head, gallery, subjects)
-        elif (head := self.store.head()) != self._gallery[0]:
-            seen, gallery, subjects = self._gallery
-            events = self.store.events_since(seen)
-            gone = {i for e in events for i in e.revoked_ids if i in subjects}
-            new = [i for e in events for i in e.new_ids]
-            ids, codes, added = self._gallery_entries(self.store.templates(new) if new else [])
-            try:                                # each id reaches its shard (sharded gallery)
-                if gone:
-                    gallery.remove(np.asarray(sorted(gone), np.int64))
-                if len(ids):
-                    gallery.add(ids, codes)
-            except ClusterError:
-                self._gallery = None            # half applied: rebuilt from the store next time
-                raise
-            for i in gone:
-                subjects.pop(i)
-            subjects.update(added)
-            self._gallery = (events[-1].seq if events else head, gallery, subjects)
-        return self._gallery[1], self._gallery[2]
