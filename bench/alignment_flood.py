@@ -20,22 +20,30 @@ Written: ``--out`` (JSON) and the last stdout line. Usage::
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.machine import cpu_model, loadavg  # noqa: E402
+from bench.common import (RAW_LFW, arg_parser, cpu_model, emit, loadavg, percentile, say,  # noqa: E402
+                          utc_now)
+from bench.web import api  # noqa: E402
 
 TOKEN = "correct-horse-battery-staple"
 PERSON = "Bill_Simon"
+#: the victim's own verifications are not what is measured: its limits are out of reach (the
+#: attacker's identify limit stays the default)
+VICTIM_LIMITS = ["--subject_verify_per_minute", "100000", "--verify_per_minute", "100000"]
+
+#: imported first by the server of ``--code_root``: an editable install of this checkout puts a
+#: finder on ``sys.meta_path`` that would otherwise win over ``PYTHONPATH``
+DROP_EDITABLE_FINDER = (
+    "import sys\n"
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n")
 
 
 def bomb_png(side: int = 5000) -> bytes:
@@ -47,13 +55,6 @@ def bomb_png(side: int = 5000) -> bytes:
     return data.tobytes()
 
 
-#: imported first by the server of ``--code_root``: an editable install of this checkout puts a
-#: finder on ``sys.meta_path`` that would otherwise win over ``PYTHONPATH``
-DROP_EDITABLE_FINDER = (
-    "import sys\n"
-    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n")
-
-
 def checkout_env(code_root: str, folder: str) -> dict:
     """The environment that makes ``python -m iom...`` import the checkout at ``code_root``."""
     with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
@@ -61,18 +62,11 @@ def checkout_env(code_root: str, folder: str) -> dict:
     return {"PYTHONPATH": os.pathsep.join([folder, os.path.abspath(code_root)])}
 
 
-def percentile(values, q):
-    import numpy as np
-
-    return float(np.percentile(values, q)) if values else None
-
-
 def victim_latencies(http, key: str, subject: str, photo: bytes, n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        r = http.post(f"/v1/subjects/{subject}/verify", headers={"Authorization": f"Bearer {key}"},
-                      files={"photo": ("p.jpg", photo, "image/jpeg")}, data={"token": TOKEN})
+        r = api.verify(http, key, subject, photo, TOKEN)
         out.append(time.perf_counter() - t)
         if r.status_code != 200:
             raise RuntimeError(f"victim verify: {r.status_code} {r.text[:200]}")
@@ -84,43 +78,37 @@ def flood(url: str, key: str, bomb: bytes, stop: threading.Event, counts: dict) 
 
     with httpx.Client(base_url=url, timeout=300.0) as http:
         while not stop.is_set():
-            r = http.post("/v1/identify", headers={"Authorization": f"Bearer {key}"},
-                          files={"photo": ("bomb.png", bomb, "image/png")})
+            r = api.identify(http, key, bomb, filename="bomb.png", content_type="image/png")
             counts[r.status_code] = counts.get(r.status_code, 0) + 1
             if r.status_code == 429:
                 time.sleep(float(r.headers.get("retry-after", "1")))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    parser = arg_parser(__doc__, full=True)
     parser.add_argument("--n", type=int, default=40, help="victim verifications per phase")
     parser.add_argument("--streams", type=int, default=2, help="attacker streams in parallel")
-    parser.add_argument("--raw", default=os.path.join(ROOT, "..", "shared", "data", "raw", "lfw"),
-                        help="raw LFW photos (one folder per person)")
+    parser.add_argument("--raw", default=RAW_LFW, help="raw LFW photos (one folder per person)")
     parser.add_argument("--code_root", default=None, help="run the server from this checkout instead")
     parser.add_argument("--out", default=None, help="write the JSON record here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     import httpx
 
     from iom.server.launch import LocalServer
 
-    import tempfile
-
     folder = os.path.join(args.raw, PERSON)
     photos = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))]
-    shim = tempfile.mkdtemp(prefix="flood-env-")
-    env = checkout_env(args.code_root, shim) if args.code_root else {}
+    env = checkout_env(args.code_root, tempfile.mkdtemp(prefix="flood-env-")) if args.code_root else {}
     bomb = bomb_png()
-    # the victim's own verifications are not what is measured: its limits are out of reach (the
-    # attacker's identify limit stays the default)
-    victim_limits = ["--subject_verify_per_minute", "100000", "--verify_per_minute", "100000"]
-    with LocalServer(options=victim_limits, env=env) as server:
+    with LocalServer(options=VICTIM_LIMITS, env=env) as server:
         victim = server.add_key("victim", "client")
         attacker = server.add_key("attacker", "client")
         with httpx.Client(base_url=server.url, timeout=300.0) as http:
-            r = http.post("/v1/subjects/alice", headers={"Authorization": f"Bearer {server.admin_key}"},
-                          files=[("photos", ("p.jpg", photos[0], "image/jpeg"))], data={"token": TOKEN})
+            r = api.enrol(http, server.admin_key, "alice", photos[0], TOKEN)
             if r.status_code != 201:
                 raise RuntimeError(f"enrol: {r.status_code} {r.text[:200]}")
             victim_latencies(http, victim, "alice", photos[1], 3)            # warm-up: detector built
@@ -137,7 +125,7 @@ def main(argv=None) -> int:
             for t in streams:
                 t.join()
     record = {
-        "bench": "alignment_flood", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "bench": "alignment_flood", "date": utc_now(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_during_flood": load},
         "code_root": args.code_root, "n": args.n, "streams": args.streams, "bomb_bytes": len(bomb),
@@ -146,13 +134,10 @@ def main(argv=None) -> int:
         "attacker_statuses": {str(k): v for k, v in sorted(counts.items())},
     }
     record["p99_ratio"] = record["flood_p99_s"] / record["quiet_p99_s"]
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=1)
-    print(f"victim p50/p99: quiet {record['quiet_p50_s']:.3f}/{record['quiet_p99_s']:.3f} s, flood "
-          f"{record['flood_p50_s']:.3f}/{record['flood_p99_s']:.3f} s (p99 x{record['p99_ratio']:.2f}); "
-          f"attacker {record['attacker_statuses']}")
-    print(json.dumps(record))
+    say(f"victim p50/p99: quiet {record['quiet_p50_s']:.3f}/{record['quiet_p99_s']:.3f} s, flood "
+        f"{record['flood_p50_s']:.3f}/{record['flood_p99_s']:.3f} s (p99 x{record['p99_ratio']:.2f}); "
+        f"attacker {record['attacker_statuses']}")
+    emit(record, args.out, indent=1)
     return 0
 
 

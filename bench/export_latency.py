@@ -32,8 +32,6 @@ The last stdout line is one JSON object with every figure; ``--json PATH`` write
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -43,18 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.common import (LFW_112, add_json_option, arg_parser, cpu_model, emit, loadavg,  # noqa: E402
+                          machine_line, read_faces, say, today)
 from iom.defaults import DEFAULT_HASHER  # noqa: E402
-
-
-def load_faces(root: str, n: int) -> np.ndarray:
-    import cv2
-
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".jpg"))
-    if not files:
-        sys.exit(f"error: no .jpg faces under {root}")
-    picked = files[::max(1, len(files) // n)][:n]
-    return np.stack([cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB) for f in picked])
 
 
 def tflite_runner(path: str, threads: int):
@@ -145,17 +134,16 @@ def size_of(path: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--hasher", default=DEFAULT_HASHER)
-    parser.add_argument("--data", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__))), "..", "shared", "data", "lfw_112"))
+    parser.add_argument("--data", default=LFW_112)
     parser.add_argument("--faces", type=int, default=500, help="faces for the equivalence figures")
     parser.add_argument("--runs", type=int, default=100, help="timed batch-1 calls")
     parser.add_argument("--runs_16", type=int, default=30, help="timed batch-16 calls")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="TFLite and ONNX Runtime threads")
     parser.add_argument("--out", default=None, help="keep the exports in this folder (default: temporary)")
-    parser.add_argument("--json", default=None)
+    add_json_option(parser)
     args = parser.parse_args()
 
     import keras
@@ -164,17 +152,16 @@ def main() -> None:
     from iom.export import FORMATS, export
     from iom.service.pipeline import Pipeline
 
-    load_before = [round(x, 2) for x in os.getloadavg()]
-    print(f"machine: {os.cpu_count()} cpus ({cpu_model()}), backend {keras.backend.backend()}, "
-          f"load average {load_before}", flush=True)
-    faces = load_faces(os.path.abspath(args.data), args.faces)
+    load_before = loadavg()
+    say(f"machine: {machine_line()}, backend {keras.backend.backend()}, load average {load_before}")
+    faces = read_faces(os.path.abspath(args.data), args.faces)
     tmp = tempfile.TemporaryDirectory(prefix="export-bench-") if args.out is None else None
     root = args.out or tmp.name
     manifests = {}
     for fmt in FORMATS:
         t = time.perf_counter()
         manifests[fmt] = export(args.hasher, fmt, os.path.join(root, fmt), force=True)
-        print(f"[export] {fmt}: {time.perf_counter() - t:.1f} s", flush=True)
+        say(f"[export] {fmt}: {time.perf_counter() - t:.1f} s")
     paths = {fmt: os.path.join(root, fmt, file) for fmt, file in FORMATS.items()}
 
     pipeline = Pipeline.from_pretrained(args.hasher, align=False)
@@ -193,8 +180,8 @@ def main() -> None:
         equivalence[fmt] = {"faces": len(faces), "identical_groups": float(np.mean(out["code"] == reference["code"])),
                             "identical_codes": float(np.mean(np.all(out["code"] == reference["code"], axis=1))),
                             "min_cosine": float(cosine.min())}
-        print(f"[equivalence] {fmt}: identical groups {equivalence[fmt]['identical_groups']:.6f}, "
-              f"min cosine {equivalence[fmt]['min_cosine']:.8f}", flush=True)
+        say(f"[equivalence] {fmt}: identical groups {equivalence[fmt]['identical_groups']:.6f}, "
+            f"min cosine {equivalence[fmt]['min_cosine']:.8f}")
 
     latency = {}
     for name, run in runners.items():
@@ -202,26 +189,20 @@ def main() -> None:
                          "batch_1": timed(run, faces, 1, args.runs, args.warmup),
                          "batch_16": timed(run, faces, 16, args.runs_16, max(2, args.warmup // 4))}
         b1, b16 = latency[name]["batch_1"], latency[name]["batch_16"]
-        print(f"[latency] {name}: {latency[name]['bytes']:,} bytes; batch 1 median {b1['median_ms']:.2f} ms "
-              f"(p90 {b1['p90_ms']:.2f}); batch 16 {b16['per_face_ms']:.2f} ms a face "
-              f"({b16['median_ms']:.1f} ms a call)", flush=True)
+        say(f"[latency] {name}: {latency[name]['bytes']:,} bytes; batch 1 median {b1['median_ms']:.2f} ms "
+            f"(p90 {b1['p90_ms']:.2f}); batch 16 {b16['per_face_ms']:.2f} ms a face ({b16['median_ms']:.1f} ms a call)")
 
     record = {"latency": latency, "equivalence": equivalence, "hasher": args.hasher,
               "model_sha256": {fmt: m["model_sha256"] for fmt, m in manifests.items()},
               "backend": keras.backend.backend(), "threads": args.threads, "machine": cpu_model(),
               "cpus": os.cpu_count(), "load_before": load_before,
-              "load_after": [round(x, 2) for x in os.getloadavg()],
-              "date": time.strftime("%Y-%m-%d"), "versions": manifests["onnx"]["versions"]}
+              "load_after": loadavg(), "date": today(), "versions": manifests["onnx"]["versions"]}
     import onnxruntime
 
     record["versions"]["onnxruntime"] = onnxruntime.__version__
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
     if tmp is not None:
         tmp.cleanup()
-    print(json.dumps(record))
+    emit(record, args.json)
 
 
 if __name__ == "__main__":

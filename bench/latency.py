@@ -80,12 +80,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import glob
-import json
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -94,10 +89,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import (RAW_LFW, add_json_option, arg_parser, call_ms, cpu_model, distribution,  # noqa: E402
+                          emit, loadavg, machine_line, photo_files, quiet_tensorflow, say, set_threads,
+                          strong_token, utc_now)
 from iom.defaults import DEFAULT_HASHER  # noqa: E402
 
-DEFAULT_PHOTOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
-                              "data", "raw", "lfw")
 VERIFY_STAGES = ("decode", "detect", "align", "embed", "key", "hash", "pack")
 ID_STAGES = ("id-hash", "id-key", "id-pack")
 STAGES = VERIFY_STAGES + ID_STAGES
@@ -106,38 +102,25 @@ SECRET = b"latency-bench-application-secret"
 
 def new_token() -> bytes:
     """A strong random user token (the policy refuses weak ones at enroll)."""
-    return secrets.token_urlsafe(16).encode()
-
-
-def set_threads(n: int | None) -> None:
-    """Size the thread pools before TensorFlow starts (no-op for ``None``)."""
-    if not n:
-        return
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        os.environ[var] = str(n)
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(n)
-    tf.config.threading.set_inter_op_parallelism_threads(n)
+    return strong_token().encode()
 
 
 def summary(ms: list[float]) -> dict:
     """p50 / p95 / mean / min / max of a list of milliseconds (rounded to 0.01 ms)."""
-    x = np.asarray(ms, np.float64)
-    return {"p50_ms": round(float(np.percentile(x, 50)), 2), "p95_ms": round(float(np.percentile(x, 95)), 2),
-            "mean_ms": round(float(x.mean()), 2), "min_ms": round(float(x.min()), 2),
-            "max_ms": round(float(x.max()), 2), "n": int(len(x))}
+    return distribution(ms, ("p50", "p95", "mean", "min", "max", "n"), digits=2, suffix="_ms")
 
 
-def load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
+def pipeline_options(args) -> dict:
+    """The keyword arguments of ``Pipeline.from_pretrained`` that the command line sets (the one
+    place to add more)."""
+    return {}
 
 
 class Bench:
     """The pipeline and services under test, and the staged chain."""
 
     def __init__(self, hasher_name: str | None, store_path: str, scrypt_n: int | None = None,
-                 identification: bool = True, pipeline=None):
+                 identification: bool = True, pipeline=None, pipeline_options: dict | None = None):
         from iom.service.pipeline import Pipeline
         from iom.service.policy import ServicePolicy
         from iom.service.service import TemplateService
@@ -145,7 +128,7 @@ class Bench:
         from iom.service.template_keys import gallery_key
 
         start = time.perf_counter()
-        self.pipeline = pipeline or Pipeline.from_pretrained(hasher_name or DEFAULT_HASHER)
+        self.pipeline = pipeline or Pipeline.from_pretrained(hasher_name or DEFAULT_HASHER, **(pipeline_options or {}))
         self.load_s = time.perf_counter() - start
         self.store = SQLiteStore(store_path)
         cost = {} if scrypt_n is None else {"scrypt_n": scrypt_n}
@@ -245,12 +228,6 @@ class Bench:
         return 1.0 - mismatches / self.hasher.m, ms
 
 
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, 1e3 * (time.perf_counter() - start)
-
-
 def model_facts(bench: Bench, hasher_name: str | None) -> dict:
     backbone = bench.embedder.backbone
     spec = bench.hasher.spec
@@ -263,9 +240,9 @@ def model_facts(bench: Bench, hasher_name: str | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--hasher", default=None, help="models/<NAME> (default: Pipeline.from_pretrained's)")
-    parser.add_argument("--photos", default=DEFAULT_PHOTOS, help="folder of photos (searched recursively)")
+    parser.add_argument("--photos", default=RAW_LFW, help="folder of photos (searched recursively)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the photos")
     parser.add_argument("--warmup", type=int, default=3, help="untimed photos first")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow / OMP threads (default: theirs)")
@@ -274,31 +251,28 @@ def main() -> None:
     parser.add_argument("--no_identification", action="store_true",
                         help="time a service that keeps no identification templates")
     parser.add_argument("--profile", default=None, help="write cProfile stats of one extra pass here")
-    parser.add_argument("--json", default=None, help="also write the JSON summary here")
+    add_json_option(parser, "also write the JSON summary here")
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 1:
         parser.error("--repeats and --warmup must be >= 1")
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     set_threads(args.threads)
     import keras
 
-    from bench.machine import cpu_model
-
-    paths = sorted(p for ext in ("jpg", "jpeg", "png")
-                   for p in glob.glob(os.path.join(args.photos, "**", f"*.{ext}"), recursive=True))
+    paths = photo_files(args.photos)
     if not paths:
         raise SystemExit(f"no photos under {args.photos}")
     photos = [open(p, "rb").read() for p in paths]
     person = [os.path.basename(os.path.dirname(p)) for p in paths]
     tokens = [new_token() for _ in photos]
-    loads = {"start": load()}
-    print(f"machine: {os.cpu_count()} cpus ({cpu_model()}), keras {keras.__version__} on "
-          f"{keras.backend.backend()}, threads {args.threads or 'default'}, load average {loads['start']}",
-          flush=True)
+    loads = {"start": loadavg()}
+    say(f"machine: {machine_line()}, keras {keras.__version__} on {keras.backend.backend()}, "
+        f"threads {args.threads or 'default'}, load average {loads['start']}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(args.hasher, os.path.join(tmp, "templates.db"), args.scrypt_n, not args.no_identification)
+        bench = Bench(args.hasher, os.path.join(tmp, "templates.db"), args.scrypt_n, not args.no_identification,
+                      pipeline_options=pipeline_options(args))
         facts = model_facts(bench, args.hasher)
         stages = STAGES if bench.identification else VERIFY_STAGES
         print(f"pipeline: {facts['hasher']} (stage 1 {facts['model']}, {facts['model_params']:,} params, "
@@ -318,7 +292,7 @@ def main() -> None:
             bench.trusted.verify(f"warm-up-{k}", embedding=bench.pipeline.embed_photos(photo), user_token=token)
         # the staged chain is the service's own path
         bench.check_against_api(photos[0])
-        loads["after_warmup"] = load()
+        loads["after_warmup"] = loadavg()
 
         times: dict[str, list[float]] = {name: [] for name in (*stages, "verification_template", "end_to_end")}
         loads["passes"] = []
@@ -328,7 +302,7 @@ def main() -> None:
                 _, embeddings[i], ms = bench.template(photo, tokens[i], f"s{i}")
                 for name, value in ms.items():
                     times[name].append(value)
-            loads["passes"].append(load())
+            loads["passes"].append(loadavg())
             e2e = summary(times["end_to_end"][-len(photos):])
             print(f"pass {r + 1}/{args.repeats}: end to end p50 {e2e['p50_ms']:.1f} ms, p95 {e2e['p95_ms']:.1f} ms; "
                   f"load average {loads['passes'][-1]}", flush=True)
@@ -336,7 +310,7 @@ def main() -> None:
         # the API, whole: enroll every photo, then verify each against its person's other photo
         api_ms: dict[str, list[float]] = {"enroll": [], "verify": [], "verify_embedding": [], "match": []}
         for i, photo in enumerate(photos):
-            _, ms = timed(bench.service.enroll, f"s{i}", photos=[photo], user_token=tokens[i])
+            _, ms = call_ms(bench.service.enroll, f"s{i}", photos=[photo], user_token=tokens[i])
             api_ms["enroll"].append(ms)
         genuine, accepted = 0, 0
         for i, photo in enumerate(photos):
@@ -344,10 +318,10 @@ def main() -> None:
             if not others:
                 continue
             j = others[0]
-            decision, ms = timed(bench.service.verify, f"s{j}", probe=photo, user_token=tokens[j])
+            decision, ms = call_ms(bench.service.verify, f"s{j}", probe=photo, user_token=tokens[j])
             api_ms["verify"].append(ms)
             assert decision.similarity is None and decision.threshold is None, decision  # the default policy
-            scored, ms = timed(bench.trusted.verify, f"s{j}", embedding=embeddings[i], user_token=tokens[j])
+            scored, ms = call_ms(bench.trusted.verify, f"s{j}", embedding=embeddings[i], user_token=tokens[j])
             api_ms["verify_embedding"].append(ms)
             similarity, ms = bench.match(f"s{j}", tokens[j], embeddings[i])
             api_ms["match"].append(ms)
@@ -355,7 +329,7 @@ def main() -> None:
             assert scored.accepted == (similarity >= bench.service.threshold)
             genuine += 1
             accepted += int(decision.accepted)
-        loads["end"] = load()
+        loads["end"] = loadavg()
 
         if args.profile:
             import cProfile
@@ -389,16 +363,12 @@ def main() -> None:
         "stages": {name: summary(times[name]) for name in stages}, "verify": verify, "enroll": enroll,
         "first_call_ms": {k: round(v, 1) for k, v in first.items()},
         "machine": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "backend": keras.backend.backend(), "keras": keras.__version__, **facts,
         "n_photos": len(photos), "n_people": len(set(person)), "repeats": args.repeats, "warmup": args.warmup,
         "load_s": round(bench.load_s, 2), "loadavg": loads,
     }
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
-    print(json.dumps(record))
+    emit(record, args.json)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,6 @@ by (seed, q, b)), so a 10M gallery never exists unpacked; ``--no_numpy`` skips t
 method, which needs it whole (n x m bytes).
 """
 
-import argparse
-import datetime
-import json
 import os
 import sys
 import time
@@ -59,7 +56,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.common import (arg_parser, cpu_model, emit, loadavg, machine_line, process_rss_mb, say,  # noqa: E402
+                          utc_now)
 from iom.search.packing import pack_codes, packed_nbytes  # noqa: E402
 from iom.search.gallery import DEFAULT_CHUNK, PackedGallery  # noqa: E402
 
@@ -168,17 +166,8 @@ def run_sharded(shards: int, q: int, args, probes: np.ndarray, found_packed: lis
         gallery.close()
 
 
-def process_rss_mb() -> float | None:
-    """Resident memory of this process, MB (Linux), else None."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")) / 1e6
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--n", type=int, default=1_000_000, help="enrolled templates")
     parser.add_argument("--m", type=int, default=512, help="symbols a code")
     parser.add_argument("--q", type=int, nargs="+", default=[8, 16], help="alphabet sizes")
@@ -200,11 +189,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=DEFAULT_BLOCK, help="codes drawn and packed at a time")
     args = parser.parse_args()
 
-    loadavg_before = [round(x, 2) for x in os.getloadavg()]
-    print(f"machine: {os.cpu_count()} cpus ({cpu_model()}), numpy {np.__version__}, "
-          f"load average {loadavg_before}", flush=True)
-    print(f"gallery: n={args.n:,} m={args.m} top_k={args.top_k} queries={args.queries} "
-          f"(+2 warm-up)", flush=True)
+    loadavg_before = loadavg()
+    say(f"machine: {machine_line()}, numpy {np.__version__}, load average {loadavg_before}")
+    say(f"gallery: n={args.n:,} m={args.m} top_k={args.top_k} queries={args.queries} (+2 warm-up)")
     rng = np.random.default_rng(args.seed)
     results, speedup, batches, sharded = [], {}, [], []
     cluster_start_s = None
@@ -266,9 +253,9 @@ def main() -> None:
             sharded.append(run_sharded(shards, q, args, probes, found_packed, probe_batches, batch_answers))
         packed_gallery = None                                # freed before the next q's gallery
 
-    loadavg_after = [round(x, 2) for x in os.getloadavg()]
-    print(f"load average after: {loadavg_after}", flush=True)
-    print(json.dumps({
+    loadavg_after = loadavg()
+    say(f"load average after: {loadavg_after}")
+    emit({
         "n": args.n, "m": args.m, "top_k": args.top_k, "queries": args.queries,
         "results": results, "speedup": speedup, "batches": batches,
         "sharded": sharded, "cluster_start_s": cluster_start_s, "shard_workers": args.shard_workers,
@@ -276,8 +263,8 @@ def main() -> None:
         "workers": args.workers or os.cpu_count(),
         "cpu_count": os.cpu_count(), "cpu": cpu_model(), "numpy": np.__version__,
         "loadavg_before": loadavg_before, "loadavg_after": loadavg_after,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }))
+        "date": utc_now(),
+    })
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ for each method, and as the last line a JSON object of them.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -35,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import arg_parser, emit, loadavg, say  # noqa: E402
 from iom.search.packing import pack_codes, unpack_codes  # noqa: E402
 from iom.search.gallery import PackedGallery  # noqa: E402
 
@@ -114,7 +113,7 @@ def numba_rate(gallery: PackedGallery, probes: np.ndarray) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arg_parser(__doc__, full=True)
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--m", type=int, default=512)
     p.add_argument("--q", type=int, default=16)
@@ -132,24 +131,24 @@ def main() -> None:
         size = min(200_000, args.n - start)
         gallery.add(np.arange(start, start + size), rng.integers(0, args.q, (size, args.m), dtype=np.uint8))
     probes = unpack_codes(gallery.packed()[rng.choice(args.n, args.probes)], args.m, args.q)
-    result = {"n": args.n, "m": args.m, "q": args.q, "probes": args.probes, "loadavg_before": os.getloadavg()}
+    result = {"n": args.n, "m": args.m, "q": args.q, "probes": args.probes, "loadavg_before": loadavg()}
     result["search_many"] = round(args.probes / timed(lambda: gallery.search_many(probes, args.top_k)), 1)
-    print(f"search_many: {result['search_many']} queries/s", flush=True)
+    say(f"search_many: {result['search_many']} queries/s")
     if not args.skip_xla:
         for chunk in args.xla_chunks:
             rate = round(xla_rate(gallery, probes, args.top_k, chunk), 1)
             result[f"xla_chunk_{chunk}"] = rate
-            print(f"xla, chunks of {chunk}: {rate} queries/s", flush=True)
+            say(f"xla, chunks of {chunk}: {rate} queries/s")
     if not args.skip_numba:
         if args.numba_path:
             sys.path.insert(0, args.numba_path)
         if importlib.util.find_spec("numba") is None:
-            print("numba: not importable (not a dependency; see the docstring)", flush=True)
+            say("numba: not importable (not a dependency; see the docstring)")
         else:
             result["numba_mismatches_only"] = round(numba_rate(gallery, probes), 1)
-            print(f"numba (mismatches, no top-k): {result['numba_mismatches_only']} queries/s", flush=True)
-    result["loadavg_after"] = os.getloadavg()
-    print(json.dumps(result))
+            say(f"numba (mismatches, no top-k): {result['numba_mismatches_only']} queries/s")
+    result["loadavg_after"] = loadavg()
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@ the frozen backbone would add to every step). The last stdout line is a JSON obj
     python bench/stage2_throughput.py [--m 64 512] [--q 8] [--steps 300] [--backbone mbfn_celeba299]
 """
 
-import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from bench.common import arg_parser, emit, quiet_tensorflow, say  # noqa: E402
+
+quiet_tensorflow("3")
 
 
 def head_steps_per_second(m: int, q: int, dim: int, P: int, K: int, steps: int) -> float:
@@ -56,7 +57,7 @@ def backbone_batches_per_second(name: str, batch: int, repeats: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arg_parser(__doc__, full=True)
     parser.add_argument("--m", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--q", type=int, default=8)
     parser.add_argument("--dim", type=int, default=512)
@@ -74,11 +75,11 @@ def main() -> int:
         rate = head_steps_per_second(m, args.q, args.dim, args.classes_per_batch, args.samples_per_class,
                                      args.steps)
         out["head_steps_per_s"][str(m)] = round(rate, 2)
-        print(f"head m={m} q={args.q}: {rate:.1f} steps/s ({rate * batch:,.0f} embeddings/s)", flush=True)
+        say(f"head m={m} q={args.q}: {rate:.1f} steps/s ({rate * batch:,.0f} embeddings/s)")
     fwd = backbone_batches_per_second(args.backbone, batch, args.backbone_repeats)
     out["backbone_forward_batches_per_s"] = round(fwd, 3)
-    print(f"{args.backbone} forward, batch {batch}: {fwd:.3f} batches/s ({fwd * batch:,.0f} images/s)")
-    print(json.dumps(out))
+    say(f"{args.backbone} forward, batch {batch}: {fwd:.3f} batches/s ({fwd * batch:,.0f} images/s)")
+    emit(out)
     return 0
 
 

@@ -39,21 +39,19 @@ simply goes on into further epochs.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+from bench.common import (CELEBA_112, add_json_option, cpu_model, describe_device, emit, loadavg,  # noqa: E402
+                          memory_gib, peak_rss_mib, say, usable_cores, utc_now)
+from bench.training.decode import measure_decode, warm_page_cache  # noqa: E402
+from bench.training.step import build_compiled_model, fit_then_close, make_config, synthetic_batches  # noqa: E402
 
-DEFAULT_DATA = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", "celeba299_112"))
+DEFAULT_DATA = CELEBA_112
 
 #: the issue's target configuration and figure (one H100, JAX backend)
 TARGET = {"backbone": "IR_50", "num_classes": 93431, "batch_size": 256,
@@ -61,249 +59,14 @@ TARGET = {"backbone": "IR_50", "num_classes": 93431, "batch_size": 256,
 
 
 def log(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
+    """A progress line of this bench (they start with ``[bench]``)."""
+    say(f"[bench] {message}")
 
 
 def rate(value: float) -> str:
     """An images/s figure for the log: whole numbers when large, 3 decimals when tiny."""
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.3f}"
 
-
-# ----------------------------------------------------------------------------- host facts
-
-def host_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def host_cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_memory_gib() -> float | None:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mib() -> float | None:
-    try:
-        import resource
-    except ImportError:
-        return None
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def describe_device(backend: str) -> dict:
-    """What runs the training step: JAX's devices, TensorFlow's GPUs, or 'cpu'."""
-    if backend == "jax":
-        import jax
-
-        devices = jax.devices()
-        return {"device": str(devices), "device_kind": sorted({d.device_kind for d in devices}),
-                "platform": devices[0].platform, "framework_version": f"jax {jax.__version__}"}
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        kinds = []
-        for gpu in gpus:
-            try:
-                kinds.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
-            except Exception:  # noqa: BLE001 - details are optional
-                kinds.append(gpu.name)
-        return {"device": str([g.name for g in gpus]) if gpus else "cpu",
-                "device_kind": sorted(set(kinds)) if gpus else ["cpu"],
-                "platform": "gpu" if gpus else "cpu", "framework_version": f"tensorflow {tf.__version__}"}
-    return {"device": "cpu", "device_kind": ["cpu"], "platform": "cpu", "framework_version": backend}
-
-
-# ----------------------------------------------------------------------------- (a) decode
-
-def warm_page_cache(source, limit: int = 50_000) -> float:
-    """Read the first ``limit`` encoded images once, so that no figure pays for cold
-    storage (the GPU machine reads a freshly copied folder, already cached). Seconds."""
-    start = time.perf_counter()
-    for i in range(min(len(source), limit)):
-        source.read_bytes(i)
-    return time.perf_counter() - start
-
-
-def measure_decode(source, batch_size: int, workers: int, input_size: int, seed: int,
-                   min_batches: int, min_seconds: float) -> dict:
-    """Images/s of a NumpyBatchLoader with ``workers`` threads, consumed as fast as it goes.
-
-    The first ``workers + 1`` batches (thread start, first reads) are not timed; then the
-    clock runs until at least ``min_batches`` batches and ``min_seconds`` have passed."""
-    from arcface.data.loader import BatchSchedule, NumpyBatchLoader
-
-    loader = NumpyBatchLoader(source, BatchSchedule(len(source), batch_size, seed),
-                              input_size=input_size, workers=workers)
-    batches = iter(loader)
-    try:
-        for _ in range(workers + 1):
-            next(batches)
-        n = 0
-        start = time.perf_counter()
-        while n < min_batches or time.perf_counter() - start < min_seconds:
-            images, _ = next(batches)
-            n += 1
-        seconds = time.perf_counter() - start
-    finally:
-        batches.close()
-    if images.shape != (batch_size, input_size, input_size, 3) or images.dtype != np.uint8:
-        raise RuntimeError(f"the loader gave a batch of {images.shape} {images.dtype}")
-    return {"workers": workers, "batches": n, "images": n * batch_size, "seconds": round(seconds, 3),
-            "images_per_s": round(n * batch_size / seconds, 1)}
-
-
-# ----------------------------------------------------------------------------- (b), (c) training
-
-def make_config(args):
-    from arcface.config import finalize_stage1, validate_config
-
-    raw = {
-        "batch_size": args.batch_size, "input_size": args.input_size, "embd_shape": args.embd_shape,
-        "sub_name": "bench_train_throughput", "backbone_type": args.backbone,
-        "head_type": "ArcHead", "margin": 0.5, "logist_scale": 64.0,
-        "train_dataset": args.data, "num_classes": args.num_classes,
-        "optimizer": "sgd", "momentum": 0.9, "base_lr": 0.1, "w_decay": 5e-4,
-        "lr_schedule": "cosine", "warmup_steps": 0,
-        "mixed_precision": args.precision, "seed": args.seed, "workers": args.workers,
-        "distribution": args.distribution, "num_devices": args.num_devices,
-    }
-    return finalize_stage1(validate_config(raw, source="bench/train_throughput.py"))
-
-
-def build_compiled_model(cfg, num_classes: int, total_steps: int, steps_per_execution: int, plan=None):
-    """The training model, loss and optimizer exactly as ``arcface.train.train`` builds them
-    (call it inside the :func:`~arcface.distribution.distribution_scope` of ``plan``)."""
-    import keras
-
-    from arcface.distribution import synchronize_batch_norm
-    from arcface.heads import loss_from_config
-    from arcface.train import build_lr_schedule, build_models, build_optimizer
-
-    keras.mixed_precision.set_global_policy(cfg["mixed_precision"])
-    if keras.backend.backend() == "tensorflow":
-        keras.utils.set_random_seed(cfg["seed"])
-    else:  # keras.utils.set_random_seed imports TensorFlow (to seed it) whenever it is installed
-        np.random.seed(cfg["seed"])
-    model, backbone = build_models(cfg, num_classes)
-    if plan is not None:
-        synchronize_batch_norm(model, plan)
-    model.compile(optimizer=build_optimizer(cfg, build_lr_schedule(cfg, total_steps)),
-                  loss=loss_from_config(cfg),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  steps_per_execution=steps_per_execution)
-    model.optimizer.build(model.trainable_variables)
-    return model, backbone
-
-
-def make_step_clock():
-    import keras
-
-    class StepClock(keras.callbacks.Callback):
-        """Records when each step's logs reached the host.
-
-        Keras converts the logs to Python floats before calling ``on_train_batch_end``,
-        which waits for that step's results on the device. ``async_safe`` lets Keras do
-        that conversion in a helper thread (where the backend allows it), so this clock
-        does not stop the main thread from queueing the next steps."""
-
-        async_safe = True
-
-        def __init__(self):
-            super().__init__()
-            self.done: dict[int, float] = {}
-            self.losses: dict[int, float] = {}
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.done[int(batch)] = time.perf_counter()
-            if logs and "loss" in logs:
-                self.losses[int(batch)] = float(logs["loss"])
-
-    return StepClock()
-
-
-def timed_fit(model, data, batch_size: int, warmup: int, steps: int, steps_per_execution: int) -> dict:
-    """One ``fit`` of ``warmup + steps`` steps; images/s over the last ``steps``."""
-    clock = make_step_clock()
-    start = time.perf_counter()
-    model.fit(data, epochs=1, steps_per_epoch=warmup + steps, shuffle=False, verbose=0,
-              callbacks=[clock])
-    end = time.perf_counter()
-    first, last = warmup - 1, warmup + steps - 1
-    if first not in clock.done or last not in clock.done:
-        raise RuntimeError(f"fit ended early: steps done {sorted(clock.done)[-3:]}; did the data run out?")
-    t0, t1 = clock.done[first], clock.done[last]
-    marks = sorted(k for k in clock.done if first <= k <= last)
-    per_step = [(clock.done[b] - clock.done[a]) / (b - a) for a, b in zip(marks, marks[1:])]
-    losses = [clock.losses[k] for k in marks if k in clock.losses]
-    median_step = statistics.median(per_step)
-    return {
-        "steps": steps, "warmup_steps": warmup,
-        "images_per_s": round(steps * batch_size / (t1 - t0), 3),
-        "seconds": round(t1 - t0, 3),
-        "step_ms_median": round(1000 * median_step, 2),
-        "images_per_s_median_step": round(batch_size / median_step, 3),
-        "warmup_seconds": round(t0 - start, 2),  # tracing + compilation + warm-up steps
-        "fit_seconds": round(end - start, 2),
-        "step_ms": [round(1000 * v, 1) for v in per_step],
-        "loss_first_timed": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-    }
-
-
-def synthetic_batches(batch_size: int, input_size: int, num_classes: int, seed: int, distinct: int = 4):
-    """Endless (uint8 images, int32 labels) batches cycled from a few made in host memory."""
-    rng = np.random.default_rng(seed)
-    pool = [(rng.integers(0, 256, (batch_size, input_size, input_size, 3), dtype=np.uint8),
-             rng.integers(0, num_classes, (batch_size,), dtype=np.int32)) for _ in range(distinct)]
-    k = 0
-    while True:
-        yield pool[k % distinct]
-        k += 1
-
-
-def fit_then_close(model, data, args) -> dict:
-    """:func:`timed_fit` on ``data`` with the command's sizes; ``data`` is closed afterwards."""
-    try:
-        return timed_fit(model, data, args.batch_size, args.warmup, args.steps, args.steps_per_execution)
-    finally:
-        close_quietly(data)
-
-
-def close_quietly(data) -> None:
-    close = getattr(data, "close", None)
-    if close is not None:
-        try:
-            close()
-        except (ValueError, RuntimeError):  # still running in a Keras helper thread
-            pass
-
-
-# ----------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -340,7 +103,7 @@ def parse_args(argv=None):
                    help="the config key: auto = data parallel over all devices when there are several; "
                         "--batch_size is then the global batch")
     p.add_argument("--num_devices", type=int, default=None, help="devices of data_parallel (default all)")
-    p.add_argument("--json", metavar="PATH", help="also write the JSON object to PATH")
+    add_json_option(p, "also write the JSON object to PATH")
     args = p.parse_args(argv)
     for name in ("num_classes", "batch_size", "steps", "warmup", "input_size", "embd_shape",
                  "steps_per_execution"):
@@ -366,7 +129,7 @@ def main(argv=None) -> dict:
     from arcface.errors import ConfigError, DataFormatError
 
     workers = args.workers or default_workers()
-    cores = host_cores()
+    cores = usable_cores()
     try:
         source = open_image_source(args.data)
     except DataFormatError as e:
@@ -386,17 +149,17 @@ def main(argv=None) -> dict:
     backend = keras.backend.backend()
     result = {
         "benchmark": "train_throughput",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "backend": backend, "keras_version": keras.__version__,
         **describe_device(backend),
-        "host_cpu": host_cpu_model(), "host_cores": cores, "host_memory_gib": host_memory_gib(),
+        "host_cpu": cpu_model(), "host_cores": cores, "host_memory_gib": memory_gib(),
         "python": platform.python_version(),
         "backbone": args.backbone, "num_classes": args.num_classes, "batch_size": args.batch_size,
         "precision": args.precision, "input_size": args.input_size, "embd_shape": args.embd_shape,
         "steps": args.steps, "warmup": args.warmup, "steps_per_execution": args.steps_per_execution,
         "workers": workers, "data": args.data, "data_images": len(source),
         "data_identities": source.num_classes,
-        "host_loadavg_start": load_average(),
+        "host_loadavg_start": loadavg(),
     }
     log(f"backend {backend} (keras {keras.__version__}), device {result['device']} "
         f"{result['device_kind']}; host {result['host_cpu']}, {cores} cores")
@@ -489,13 +252,9 @@ def main(argv=None) -> dict:
                               if is_target and "loader_images_per_s" in result else None)
     result["tensorflow_imported"] = "tensorflow" in sys.modules
     result["peak_rss_mib"] = peak_rss_mib()
-    result["host_loadavg_end"] = load_average()
+    result["host_loadavg_end"] = loadavg()
 
-    line = json.dumps(result, sort_keys=False)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(json.dumps(result, indent=2) + "\n")
-    print(line, flush=True)
+    emit(result, args.json)
     return result
 
 
