@@ -98,6 +98,8 @@ def parse_args(argv=None):
     parser.add_argument("--lfw", default=LFW_112)
     parser.add_argument("--raw_lfw", default=RAW_LFW)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runtime", choices=("auto", "keras", "tflite"), default=None,
+                        help="the server's --runtime (default: the server's own default, auto)")
     add_json_option(parser)
     args = parser.parse_args(argv)
     try:
@@ -117,7 +119,7 @@ def parse_args(argv=None):
 
 def serve_options(args) -> list[str]:
     """Every option the bench passes to ``iomface serve`` (the one place to add more)."""
-    return list(LOAD_OPTIONS)
+    return list(LOAD_OPTIONS) + (["--runtime", args.runtime] if args.runtime else [])
 
 
 def run(args, pool: Pool, options: list[str]) -> dict:

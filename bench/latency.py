@@ -113,7 +113,7 @@ def summary(ms: list[float]) -> dict:
 def pipeline_options(args) -> dict:
     """The keyword arguments of ``Pipeline.from_pretrained`` that the command line sets (the one
     place to add more)."""
-    return {}
+    return {"runtime": args.runtime}
 
 
 class Bench:
@@ -229,11 +229,14 @@ class Bench:
 
 
 def model_facts(bench: Bench, hasher_name: str | None) -> dict:
-    backbone = bench.embedder.backbone
     spec = bench.hasher.spec
+    backbone = getattr(bench.embedder, "backbone", None)         # the Keras runtime's network
+    choice = bench.pipeline.runtime
     return {"hasher": hasher_name or DEFAULT_HASHER, "hasher_is_default": hasher_name in (None, DEFAULT_HASHER),
-            "model": spec.get("stage1_model"), "model_params": int(backbone.count_params()),
-            "embedding_dim": int(backbone.output_shape[-1]), "m": bench.hasher.m, "q": bench.hasher.q,
+            "model": spec.get("stage1_model"),
+            "model_params": int(backbone.count_params()) if backbone is not None else None,
+            "runtime": choice.runtime if choice else "keras", "runtime_reason": choice.reason if choice else None,
+            "embedding_dim": int(bench.hasher.dim), "m": bench.hasher.m, "q": bench.hasher.q,
             "model_id": bench.pipeline.model_id, "embedder_batch_size": bench.embedder.batch_size,
             "scrypt_n": bench.policy.scrypt_n, "key_version": bench.key_version,
             "identification": bench.identification}
@@ -246,6 +249,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the photos")
     parser.add_argument("--warmup", type=int, default=3, help="untimed photos first")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow / OMP threads (default: theirs)")
+    parser.add_argument("--runtime", choices=("auto", "keras", "tflite"), default="auto",
+                        help="what embeds the faces (Pipeline.from_pretrained's runtime; default auto)")
     parser.add_argument("--scrypt_n", type=int, default=None,
                         help="the policy's scrypt cost, a power of two (default: ServicePolicy's, 2^14)")
     parser.add_argument("--no_identification", action="store_true",
@@ -275,7 +280,8 @@ def main() -> None:
                       pipeline_options=pipeline_options(args))
         facts = model_facts(bench, args.hasher)
         stages = STAGES if bench.identification else VERIFY_STAGES
-        print(f"pipeline: {facts['hasher']} (stage 1 {facts['model']}, {facts['model_params']:,} params, "
+        params = f"{facts['model_params']:,} params" if facts["model_params"] else f"runtime {facts['runtime']}"
+        print(f"pipeline: {facts['hasher']} (stage 1 {facts['model']}, {params}, "
               f"{facts['embedding_dim']}-d; m={facts['m']} q={facts['q']}), loaded in {bench.load_s:.1f} s; "
               f"scrypt n=2^{facts['scrypt_n'].bit_length() - 1} (key version {facts['key_version']}); "
               f"{'verification + identification' if bench.identification else 'verification'} templates; "

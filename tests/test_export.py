@@ -93,7 +93,7 @@ def exports(tmp_path_factory, faces, request):
 def pipeline():
     from iom.service.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(DEFAULT_HASHER, align=False)
+    return Pipeline.from_pretrained(DEFAULT_HASHER, align=False, runtime="keras")   # the Keras reference
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_detection_with_the_fused_pyramid_equals_mtcnn(photos, monkeypatch):
 def pipeline():
     from iom.service.pipeline import Pipeline
 
-    return Pipeline.from_pretrained()
+    return Pipeline.from_pretrained(runtime="keras")      # the tests below look inside the Keras backbone
 
 
 @needs_mtcnn

@@ -42,6 +42,10 @@ def main(argv=None) -> int:
             result, code = key_command(args)
         else:
             request = Request(args)                   # every input checked before Keras is imported
+            if needs_model(args):
+                from iom.cli.loading import runtime_choice
+
+                runtime_choice(args, request)         # --runtime tflite without a valid file: refused now
             if args.command == "serve":               # before TensorFlow starts its thread pools
                 os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.op_threads or
                                                            os.environ.get("TF_NUM_INTRAOP_THREADS") or 1)

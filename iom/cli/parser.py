@@ -128,6 +128,11 @@ def _add_common(p: argparse.ArgumentParser, top: bool) -> None:
                    help="operating point: a calibrated target FAR (1e-2, 1e-3, 1e-4; default: the hasher's)")
     g.add_argument("--threshold", type=float, default=d(None),
                    help="operating point: an explicit similarity threshold in [0, 1] instead of --far")
+    g.add_argument("--runtime", choices=("auto", "keras", "tflite"), default=d("auto"),
+                   help="what computes the face embedding: 'tflite' the stage-1 model's embedder.tflite (the "
+                        "same codes, several times faster), 'keras' its Keras backbone, 'auto' (default) tflite "
+                        "when the model folder's runtime.json matches its weights and records every code "
+                        "identical, else keras. --verbose says which loaded and why")
     g.add_argument("--json", action="store_true", default=d(False), help="print one JSON document")
     g.add_argument("--verbose", "-v", action="store_true", default=d(False),
                    help="details on standard error: what was loaded, the operating point, timings; "
@@ -360,9 +365,9 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    help="seconds of face detection each API key may use in any minute; past it its raw photos "
                         "get 429 (aligned crops do not count); 0 for no budget (default 10)")
     p.add_argument("--op_threads", type=int, default=None,
-                   help="threads one TensorFlow operation may use (default: $TF_NUM_INTRAOP_THREADS, else 1): "
-                        "requests run side by side on their own cores, so a costly photo does not take every "
-                        "core from the others")
+                   help="threads one TensorFlow operation, or one TFLite interpreter (--runtime), may use "
+                        "(default: $TF_NUM_INTRAOP_THREADS, else 1): requests run side by side on their own "
+                        "cores, so a costly photo does not take every core from the others")
     p.add_argument("--detectors", type=int, default=2,
                    help="face detectors working in parallel; each caller has one raw photo aligned at a time "
                         "(default 2)")

@@ -103,6 +103,12 @@ def uvicorn_options(args) -> dict:
                 proxy_headers=bool(proxies), forwarded_allow_ips=",".join(proxies) if proxies else None)
 
 
+def _runtime_fields(pipeline) -> dict:
+    """The stage-1 runtime the pipeline embeds with, and why (``--runtime``), for the start-up log."""
+    choice = getattr(pipeline, "runtime", None)
+    return {} if choice is None else {"runtime": choice.runtime, "runtime_reason": choice.reason}
+
+
 def serve(args, request) -> int:
     """Run the server until interrupted; returns the exit code."""
     import sys
@@ -122,7 +128,7 @@ def serve(args, request) -> int:
         "host": args.host, "port": args.port, "model": service.pipeline.model_id,
         "store": scrub_dsn(request.location, request.location), "tls": args.tls_cert is not None,
         "operating_point": service.operating_point.to_dict(), "admin_scores": args.admin_scores,
-        "gallery": service.gallery_spec.describe()}})
+        "gallery": service.gallery_spec.describe(), **_runtime_fields(service.pipeline)}})
     try:
         uvicorn.run(app, **uvicorn_options(args))
     except SystemExit as e:             # uvicorn exits when it cannot listen (the port taken meanwhile)

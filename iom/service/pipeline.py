@@ -25,15 +25,20 @@ class Pipeline:
     without one, photos must already be aligned ``input_size`` crops.
     """
 
-    def __init__(self, embedder, hasher, aligner=None, model_id: str = ""):
+    def __init__(self, embedder, hasher, aligner=None, model_id: str = "", runtime=None):
         self.embedder, self.hasher, self.aligner = embedder, hasher, aligner
         self.model_id = model_id or hasher.spec.get("model_id", "deep_iom")
+        #: how the stage-1 runtime was chosen (:class:`~iom.service.runtime.RuntimeChoice`), when
+        #: :meth:`from_pretrained` made the pipeline
+        self.runtime = runtime
 
     @staticmethod
     def shipped(hasher_name: str = DEFAULT_HASHER) -> dict:
         """What a shipped hasher is, read from its files without loading a model (no Keras):
-        ``{"folder", "model_id", "m", "q", "stage1_model", "stage1_folder", "input_size",
-        "calibration"}`` (the calibration file's path, ``None`` when absent).
+        ``{"folder", "model_id", "m", "q", "stage1_model", "stage1_folder", "stage1_weights",
+        "input_size", "calibration"}`` (``stage1_weights``: the backbone weights the Keras path
+        loads, the hasher's own when it was trained end to end; the calibration file's path,
+        ``None`` when absent).
 
         Names (the hasher's, and the stage-1 model its spec names) are names, not paths: they
         must match ``[A-Za-z0-9][A-Za-z0-9._-]*`` and resolve (symbolic links followed) to a
@@ -73,26 +78,59 @@ class Pipeline:
         except (OSError, ValueError, yaml.YAMLError) as e:
             raise InvalidInputError(f"stage-1 model {stage1!r}: unreadable config.yaml ({e})") from None
         calibration = os.path.join(folder, "calibration.json")
+        own = spec.get("stage1_weights")            # as iom.hashing.hasher.stage1_backbone loads them
+        weights = os.path.join(folder, own) if own else os.path.join(stage1_folder, "backbone.weights.h5")
         return {"folder": folder, "model_id": spec.get("model_id", hasher_name), "m": spec.get("m"),
                 "q": spec.get("q"), "stage1_model": stage1, "stage1_folder": stage1_folder,
-                "input_size": input_size, "calibration": calibration if os.path.isfile(calibration) else None}
+                "stage1_weights": weights, "input_size": input_size,
+                "calibration": calibration if os.path.isfile(calibration) else None}
 
     @classmethod
-    def from_pretrained(cls, hasher_name: str = DEFAULT_HASHER, align: bool = True) -> "Pipeline":
+    def from_pretrained(cls, hasher_name: str = DEFAULT_HASHER, align: bool = True, runtime="auto",
+                        threads: int | None = None, max_interpreters: int | None = None) -> "Pipeline":
         """The shipped hasher ``models/<hasher_name>`` and its stage-1 model (nothing downloaded);
         by default :data:`iom.defaults.DEFAULT_HASHER` on ``mobilefacenet_ms1m``. The names are
-        checked by :meth:`shipped` before any file is read."""
-        from arcface.embed import Embedder
-        from iom.hashing.hasher import DeepIoMHasher, stage1_backbone
+        checked by :meth:`shipped` before any file is read.
+
+        ``runtime`` embeds the faces (:mod:`iom.service.runtime`): ``"auto"`` (default) the
+        stage-1 folder's TFLite file when it is valid and recorded as giving every code of the
+        Keras path, else the Keras backbone; ``"keras"``; ``"tflite"`` (an
+        :class:`InvalidInputError` naming the file when there is no valid one); or a
+        :class:`~iom.service.runtime.RuntimeChoice` already made. ``threads`` and
+        ``max_interpreters``: each TFLite interpreter's threads and how many work at once
+        (default: the cores, both). The hasher is the Keras one either way; the choice is
+        ``pipeline.runtime``."""
+        from iom.hashing.hasher import DeepIoMHasher
+        from iom.service.runtime import RuntimeChoice, choose_runtime
 
         info = cls.shipped(hasher_name)
+        choice = runtime if isinstance(runtime, RuntimeChoice) else choose_runtime(runtime, info)
         hasher = DeepIoMHasher.load(info["folder"])
-        cfg, backbone, _ = stage1_backbone(hasher)
+        if choice.runtime == "tflite":
+            from arcface.errors import CheckpointError
+            from arcface.runtime import TFLiteEmbedder
+
+            try:
+                embedder = TFLiteEmbedder(choice.path, threads, 16, max_interpreters, expected_sha256=choice.sha256)
+            except CheckpointError as e:
+                raise InvalidInputError(f"--runtime {choice.requested}: {e}") from None
+            if (embedder.input_size, embedder.dim) != (info["input_size"], hasher.dim):
+                raise InvalidInputError(f"{choice.path}: takes {embedder.input_size}x{embedder.input_size} faces to "
+                                        f"{embedder.dim}-d embeddings, the model {info['input_size']}x"
+                                        f"{info['input_size']} to {hasher.dim}-d")
+            input_size = embedder.input_size
+        else:
+            from arcface.embed import Embedder
+            from iom.hashing.hasher import stage1_backbone
+
+            cfg, backbone, _ = stage1_backbone(hasher)
+            input_size = cfg["input_size"]
+            embedder = Embedder(backbone, 16, input_size)
         aligner = None
         if align:
             from arcface.align import FaceAligner
-            aligner = FaceAligner(size=cfg["input_size"])
-        return cls(Embedder(backbone, 16, cfg["input_size"]), hasher, aligner, hasher.spec["model_id"])
+            aligner = FaceAligner(size=input_size)
+        return cls(embedder, hasher, aligner, hasher.spec["model_id"], runtime=choice)
 
     @property
     def dim(self) -> int:
