@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iom.search.packing import (bits_per_symbol, count_mismatches, from_bytes, pack_codes,
-                                 packed_nbytes, packed_shape, to_bytes, unpack_codes)
+                                packed_nbytes, packed_shape, to_bytes, unpack_codes)
 from iom.search.gallery import PackedGallery
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, PolicyError,
-                                RateLimitedError, StoreError)
+                        RateLimitedError, StoreError)
 from tests.test_iom_service import ADMIN, DIM, M, Q, SECRET, _NoEmbedder, people
 
 FAST = 2**10          # scrypt cost for tests (the default policy's 2^14 is ~60 ms a call)

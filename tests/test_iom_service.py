@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iom.errors import (DuplicateEnrollmentError, InvalidInputError, PolicyError,
-                                UnknownSubjectError)
+                        UnknownSubjectError)
 
 SECRET = b"application-secret-for-tests"
 ADMIN = "administrator-credential-for-tests"

@@ -23,7 +23,7 @@ import pytest
 
 from iom.store import schema as store_mod
 from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, RevokedTemplateError,
-                                StoreError, TemplateError, UnknownSubjectError)
+                        StoreError, TemplateError, UnknownSubjectError)
 from iom.store.sqlite import SQLiteStore
 from iom.store.base import TemplateStore
 from iom.store.records import TemplateRecord, record_checksum, utc_now, validate_record

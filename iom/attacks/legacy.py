@@ -31,7 +31,7 @@ import numpy as np
 from iom.attacks.base import Hit, Outcome, Target
 from iom.keys import TemplateKey
 from iom.errors import (DuplicateEnrollmentError, RevokedTemplateError, StoreError, TemplateError,
-                                UnknownSubjectError)
+                        UnknownSubjectError)
 from iom.search.packing import count_mismatches, from_bytes, pack_codes, to_bytes
 from iom.store.records import _encode_field   # the column encoding
 from iom.store.schema import MIGRATIONS       # schema 1

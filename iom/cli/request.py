@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 from iom.cli.inputs import (admin_secret, app_secret, check_photo_files, check_port_free, read_pairs_file,
-                                    read_secret_file, read_token, read_tokens_table, require_existing_store,
-                                    require_store_folder, store_location, subject_folders, read_batch_file)
+                            read_secret_file, read_token, read_tokens_table, require_existing_store,
+                            require_store_folder, store_location, subject_folders, read_batch_file)
 
 #: commands that may create a SQLite database (every other one needs an existing one)
 CREATING_COMMANDS = ("enroll", "set-admin", "serve")

@@ -22,8 +22,8 @@ import math
 
 from arcface.errors import DataFormatError, FaceTooSmallError, IomfaceError, ImageTooLargeError, NoFaceError
 from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError, PolicyError,
-                                RateLimitedError, StoreError, TemplateError, UnknownSubjectError,
-                                WeakTokenError)
+                        RateLimitedError, StoreError, TemplateError, UnknownSubjectError,
+                        WeakTokenError)
 from iom.server.uploads import PayloadTooLargeError
 
 #: (exception type, status, error type name), the first match wins

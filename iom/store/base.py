@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from iom.errors import (ConflictError, DuplicateEnrollmentError, InvalidInputError,
-                                RevokedTemplateError, StoreError, UnknownSubjectError)
+                        RevokedTemplateError, StoreError, UnknownSubjectError)
 from iom.store.attempts import (ATTEMPT_MARK, ATTEMPT_RETENTION_S, DEVICE_ATTEMPTS, NOT_FAILURES, PENDING,
                                 RESOLUTIONS, Attempt, AttemptLogMixin, AttemptMark, attempt_mac,
                                 attempt_subject)
