@@ -16,7 +16,8 @@ than the token KDF (at 2**14 every enroll, verify and reissue pays ~150 ms of sc
 machine's cores) — ``max_failures`` far above what a run reaches, so the deliberate
 wrong-token verifies never lock a subject out of the other ops (lockout is exercised on
 purpose by the ``lockout`` op, through a second service with :data:`~bench.store_load.setup.LOCKOUT_POLICY_ARGS`), and no
-identify rate limit. Tokens are strong (20 random letters and digits, ~119 estimated bits).
+call-rate limit (identify, verify per client, verify per subject) within reach. Tokens are
+strong (20 random letters and digits, ~119 estimated bits).
 Revoke and reissue carry a proof: the user's token with a noisy probe of the face, or (one
 in :data:`~bench.store_load.setup.ADMIN_SHARE`) the administrator secret; half of them pass the ``expected_version``
 read by ``get()`` just before.
@@ -60,7 +61,9 @@ Every *acknowledged* op (the call returned or raised its required error) is appe
 the worker's journal (``<out>/<backend>/journal-w<k>.jsonl``, one JSON object a line,
 flushed per line: op, subject, returned template ids, the token and embedding seed of
 enrollments and reissues, the expected version, who proved, the failed attempt the op
-logs). Required typed errors are counted per type; any other exception, a missing required
+logs). The service logs a lockout refusal at most once a minute per subject and client: the
+worker notes which refusals the store acknowledged, journals those, and checks that rule.
+Required typed errors are counted per type; any other exception, a missing required
 error, a rejected genuine probe, an accepted wrong token or an exposed similarity is an
 *unexpected error*. A subject touched by a write that failed unexpectedly is marked
 uncertain in the journal and left alone.
@@ -75,7 +78,10 @@ row in the store is missing from the journals; each ``race-<j>`` was acknowledge
 exactly one worker; every race round had every worker and exactly one winner; every row of
 every subject passes its HMAC (``history()``); each subject's event-log entries are its
 acknowledged writes, in order, with the same template ids, and a write made with
-``expected_version`` follows the log entry of that version; the ``attempts`` table holds
+``expected_version`` v (a subject's version counts its own log entries) is the subject's
+entry v + 1; the log's only other entry is the creation of the attempt log's authenticated
+mark (``attempts.mark``, once, if any attempt was written; its setting row authenticates),
+so every entry is accounted for; the ``attempts`` table holds
 exactly the failed attempts the journals logged (subject, client, op); every active
 subject still verifies with its last token (the stored code is intact); the row count
 equals the rows audited; SQLite: ``PRAGMA integrity_check`` is ``ok``.

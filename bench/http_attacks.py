@@ -36,7 +36,10 @@ administrator, the bench creates them to measure the false-identification rate o
 probes). Measured: the fields that come back (no similarity; rejected candidates never
 listed — also checked with genuine probes at top_k 50), answers per key before 429 and its
 ``Retry-After``, and the fraction of calls returning any candidate (false identifications at
-the 1:N threshold, against the FPIR target, with a 95% Wilson interval). The client name the
+the 1:N threshold, against the FPIR target, with a 95% Wilson interval). The operating point
+(gallery size, FPIR target, threshold) is not in a client key's answer (checked): the bench
+reads it, as the server's operator would, from one identify call with the administrator key.
+The client name the
 rate limits count is the API key's name, set by the server: after the first key's 429 the
 attacker tries made-up names (``X-Client``/``X-Forwarded-For``/``X-Real-IP`` headers, a
 ``client`` form field, a ``client`` query parameter) — each must still get 429, and the

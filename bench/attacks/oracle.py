@@ -27,7 +27,7 @@ def score_oracle(api: Api, gallery, outsiders, n_keys: int, checks: list, db_pat
     enrol_s = time.perf_counter() - t0
     probes = iter(outsiders)
     top_fields, cand_fields, per_key, calls, with_candidate, max_cands = set(), set(), [], 0, 0, 0
-    spoofed, point = {}, None
+    spoofed = {}
     for k in range(n_keys):
         key = api.key(f"oracle-{k + 1}")
         answered, first, t1 = 0, None, time.perf_counter()
@@ -39,7 +39,6 @@ def score_oracle(api: Api, gallery, outsiders, n_keys: int, checks: list, db_pat
                          "message": r.json()["error"]["message"], "elapsed_s": round(time.perf_counter() - t1, 1)}
                 break
             body = r.json()
-            point = body["operating_point"]
             answered += 1
             top_fields.update(body)
             for c in body["candidates"]:
@@ -55,6 +54,13 @@ def score_oracle(api: Api, gallery, outsiders, n_keys: int, checks: list, db_pat
                 spoofed[what] = r.status_code
     checks.append(("no similarity in client identify answers (impostor probes)", "similarity" not in cand_fields
                    and "accepted" not in cand_fields))
+    checks.append(("no operating point (gallery size, threshold) in client identify answers",
+                   bool(top_fields) and "operating_point" not in top_fields))
+    # the operating point of these identifications, as the server's operator reads it: since the
+    # second security review only an administrator key's answer carries it (the gallery is
+    # unchanged since the enrolments above: identify writes no template)
+    point, admin_fields = operating_point(api, gallery[0][1][0])
+    checks.append(("an administrator key's identify answer carries the operating point", point is not None))
     checks.append(("a made-up client name does not lift the 429", all(s == 429 for s in spoofed.values())))
 
     # genuine probes at top_k 50: only accepted candidates come back
@@ -98,7 +104,8 @@ def score_oracle(api: Api, gallery, outsiders, n_keys: int, checks: list, db_pat
             "calls_with_a_candidate": with_candidate,
             "false_identification_rate": round(with_candidate / calls, 4) if calls else None,
             "false_identification_95ci": wilson(with_candidate, calls), "fpir_target": fpir,
-            "operating_point": point, "max_candidates_impostor": max_cands,
+            "operating_point": point, "operating_point_from": "an administrator key's identify answer",
+            "admin_answer_fields": admin_fields, "max_candidates_impostor": max_cands,
             "gallery_size_at_identify": point["gallery_size"] if point else None,
             "answer_fields": sorted(top_fields), "candidate_fields": sorted(cand_fields),
             "candidate_fields_genuine": sorted(genuine_fields),
@@ -107,6 +114,17 @@ def score_oracle(api: Api, gallery, outsiders, n_keys: int, checks: list, db_pat
             "max_candidates_genuine": max_genuine,
             "store_attempts_identify_by_client": {r[0]: r[1] for r in rows},
             "request_log_identify_by_credential": dict(logged)}
+
+
+def operating_point(api: Api, photo: str) -> tuple[dict | None, list[str]]:
+    """The 1:N operating point (gallery size, FPIR target, threshold, expected TAR) from one
+    identify call with the administrator key, and that answer's fields (the point is ``None``
+    if the call failed or the answer lacks it)."""
+    r, _ = api.identify("admin", photo)
+    if r.status_code != 200:
+        return None, []
+    body = r.json()
+    return body.get("operating_point"), sorted(body)
 
 
 # ---------------------------------------------------------------------------- (c) similarities

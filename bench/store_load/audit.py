@@ -68,6 +68,32 @@ def _race_writes(entries: list[dict], workers: int, n_rounds: int, problem, stat
     return [e for e in entries if e["op"] == "enroll"] + winners
 
 
+def _check_settings(store, settings: list, any_attempt: bool, problem, stats) -> None:
+    """The log's setting entries: the bench sets none itself (the administrator secret is given
+    to the services, not stored), so the only one allowed is the creation of the attempt log's
+    authenticated mark (ATTEMPT_MARK), logged once, at the first attempt written, and only if one
+    was; it carries no template ids, and the mark row is the one it logged (``get_setting``
+    checks the MAC and that the row is of the log's latest entry of it)."""
+    from iom.errors import TemplateError
+    from iom.store.attempts import ATTEMPT_MARK
+
+    marks = [ev for ev in settings if ev.subject_id == ATTEMPT_MARK and not ev.revoked_ids and not ev.new_ids]
+    for ev in settings:
+        if ev not in marks:
+            problem(f"event log entry {ev.seq}: setting {ev.subject_id!r} (ids {ev.revoked_ids}, {ev.new_ids}) "
+                    "that no one set")
+    if len(marks) != (1 if any_attempt else 0):
+        problem(f"the event log holds {len(marks)} creations of the attempt log's mark (entries "
+                f"{[ev.seq for ev in marks]}), expected {1 if any_attempt else 0}")
+    if any_attempt:
+        try:
+            if store.get_setting(ATTEMPT_MARK) is None:
+                problem("the attempt log's mark is missing")
+        except TemplateError as e:
+            problem(f"the attempt log's mark: {type(e).__name__}: {e}")
+    stats["attempt_mark_events"] = len(marks)
+
+
 def audit(backend: str, location: str, folder: str, workers: int, n_rounds: int) -> dict:
     """Check the store against the journals, from a fresh connection (see the module doc)."""
     from iom.errors import TemplateError
@@ -93,8 +119,9 @@ def audit(backend: str, location: str, folder: str, workers: int, n_rounds: int)
                 "rows_audited": 0, "integrity_check": None, "audit_s": round(time.perf_counter() - t0, 1)}
     rng = np.random.default_rng(12345)
     events_of: dict[str, list] = collections.defaultdict(list)
+    settings = []                           # the log's setting entries (not a subject's changes)
     for ev in events:
-        events_of[ev.subject_id].append(ev)
+        (settings if ev.op == "setting" else events_of[ev.subject_id]).append(ev)
     unsure = {s for s, es in journals.items() if any(e["op"] in ("uncertain", "uncertain_attempts") for e in es)}
 
     # the attempts table holds exactly the failed attempts the journals logged
@@ -107,6 +134,7 @@ def audit(backend: str, location: str, folder: str, workers: int, n_rounds: int)
                     f"{expected[key]} in the journal")
     stats["attempts_in_store"] = len(logged_attempts)
     stats["attempts_journaled"] = sum(expected.values())
+    _check_settings(store, settings, bool(logged_attempts or expected), problem, stats)
 
     in_store = set(store.subjects(include_revoked=True))
     for subject in sorted(in_store - set(journals)):
@@ -172,10 +200,12 @@ def audit(backend: str, location: str, folder: str, workers: int, n_rounds: int)
                 if e.get("expected_version") is None:
                     continue
                 stats["writes_with_expected_version"] += 1
-                previous = evs[i - 1].seq if i else 0
-                if e["expected_version"] != previous:
+                # a subject's version counts its own log entries: the write that expected version v
+                # must be the subject's entry v + 1, right after the one that made it version v
+                if e["expected_version"] != i:
                     problem(f"{subject}: {e['op']} acknowledged with expected_version {e['expected_version']}, "
-                            f"but the log entry before it is {previous}")
+                            f"but it is the subject's log entry {i + 1} (entry {evs[i].seq} of the log), "
+                            f"after version {i}")
         last = writes[-1]
         active = [r for r in history if r.revoked_at is None]
         if last["op"] == "revoke":
@@ -205,9 +235,10 @@ def audit(backend: str, location: str, folder: str, workers: int, n_rounds: int)
         else:
             stats["final_verifications_accepted"] += 1
     stats["events"] = len(events)
-    if stats["events_matched"] + sum(len(events_of[s]) for s in unsure if s in events_of) != len(events):
-        problem(f"{len(events)} log entries, {stats['events_matched']} matched to journals "
-                "(plus those of uncertain subjects)")
+    if stats["events_matched"] + sum(len(events_of[s]) for s in unsure if s in events_of) \
+            + stats["attempt_mark_events"] != len(events):
+        problem(f"{len(events)} log entries, {stats['events_matched']} matched to journals, "
+                f"{stats['attempt_mark_events']} the attempt log's mark (plus those of uncertain subjects)")
 
     # every row was audited: count the table directly, and the database's own check
     if backend == "sqlite":

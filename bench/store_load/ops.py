@@ -13,8 +13,8 @@ from typing import Optional
 
 from iom.errors import DuplicateEnrollmentError, PolicyError, RateLimitedError, RevokedTemplateError
 
-from bench.store_load.setup import (ADMIN_SHARE, LOCKOUT_FAILURES, RACE_SEED, RACE_SUBJECT, centre_of,
-                                    probe_of)
+from bench.store_load.setup import (ADMIN_SHARE, LOCKOUT_FAILURES, RACE_SEED, RACE_SUBJECT, REFUSAL_WINDOW_S,
+                                    centre_of, probe_of)
 
 #: what an op returns: (the outcome counted, seconds), or None (not counted)
 Outcome = Optional[tuple[str, float]]
@@ -186,18 +186,16 @@ class Ops:
         info = self.active[subject]
         locked = self.failures[subject] >= LOCKOUT_FAILURES
         token = info["token"] if locked else self.new_token()
+        n_written = len(self.refusals_written)
+        start = time.monotonic()
         t0 = time.perf_counter()
         try:
             d = self.strict.verify(subject, user_token=token, embedding=probe_of(centre_of(info["seed"]), self.rng),
                                    client=self.client)
         except RateLimitedError:
             dt = time.perf_counter() - t0
-            self.log({"op": op, "subject": subject, "locked": True, "attempt": "rate-limited"})
-            if not locked:
-                self.fail(op, subject, f"RateLimitedError after {self.failures[subject]} failures")
-                return None
-            self.required["RateLimitedError"] += 1
-            return "lockout_locked", dt
+            return self.lockout_refused(op, subject, locked, (start, time.monotonic()), dt,
+                                        self.refusals_written[n_written:])
         dt = time.perf_counter() - t0
         self.log({"op": op, "subject": subject, "locked": False, "accepted": d.accepted,
                   "attempt": None if d.accepted else "verify"})
@@ -209,6 +207,35 @@ class Ops:
         if not self.check_decision(d, op, subject, False):
             return None
         return "lockout_rejected", dt
+
+    def lockout_refused(self, op: str, subject: str, locked: bool, span: tuple[float, float], dt: float,
+                        written: list[tuple]) -> Outcome:
+        """The strict service refused (RateLimitedError) during ``span`` (monotonic start, end);
+        ``written``: the refusals the store acknowledged meanwhile. The service logs a refusal at
+        most once per REFUSAL_WINDOW_S per (subject, client, op): the journal records the one
+        written, if any, and the rule is checked (either answer allowed only where the two calls'
+        spans straddle the window's edge)."""
+        want = (subject, self.client, "rate-limited", "refused")
+        last = self.refusal_logged.get(subject)
+        must = last is None or span[0] - last[1] > REFUSAL_WINDOW_S
+        may = last is None or span[1] - last[0] > REFUSAL_WINDOW_S
+        logged = written == [want]
+        self.log({"op": op, "subject": subject, "locked": True, "attempt": "rate-limited" if logged else None,
+                  "refusal_logged": logged})
+        if written not in ([], [want]):
+            self.fail(op, subject, f"refusal logged as {written}, not {[want]}")
+            return None
+        if logged:
+            self.refusal_logged[subject] = span
+        if not locked:
+            self.fail(op, subject, f"RateLimitedError after {self.failures[subject]} failures")
+            return None
+        if (must and not logged) or (logged and not may):
+            self.fail(op, subject, f"refusal {'logged' if logged else 'not logged'} "
+                                   f"{'within' if logged else 'after'} {REFUSAL_WINDOW_S:g} s of the last")
+            return None
+        self.required["RateLimitedError"] += 1
+        return "lockout_locked", dt
 
     def op_typed_error(self, op: str) -> Outcome:
         """The ops that must raise: enroll_duplicate (DuplicateEnrollmentError), revoke_revoked

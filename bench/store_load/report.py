@@ -93,6 +93,7 @@ def report(r: dict) -> None:
           f"{a.get('uncertain_subjects', 0)} uncertain), {a['rows']} rows ({a['rows_audited']} audited, "
           f"HMACs ok), {a.get('acknowledged_templates', 0)} acknowledged templates present, "
           f"{a.get('events', 0)} log entries ({a.get('events_matched', 0)} matched to journals, "
+          f"{a.get('attempt_mark_events', 0)} the attempt log's mark, "
           f"{a.get('writes_with_expected_version', 0)} writes with expected_version), "
           f"{a.get('attempts_in_store', 0)} attempts logged ({a.get('attempts_journaled', 0)} journaled), "
           f"race: {a.get('race_rounds', 0)} rounds, {a.get('race_conflicts', 0)} ConflictError, "

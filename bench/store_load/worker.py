@@ -69,10 +69,15 @@ class Worker(Ops):
         self.latencies: dict[str, list[float]] = collections.defaultdict(list)
         self.race_waits: list[float] = []
         self.subject = None                     # the subject of the op under way (for its errors)
+        # the refusals the store acknowledged (record_attempt calls that returned), in order, and
+        # per subject the (start, end) monotonic times of the lockout call that logged its last one
+        self.refusals_written: list[tuple] = []
+        self.refusal_logged: dict[str, tuple[float, float]] = {}
 
     def connect(self, backend: str, location: str) -> None:
         """Open the store, build the services, warm the network; worker 0 enrols the race subject."""
         self.store = open_backend_store(backend, location)
+        self._watch_refusals()
         self.service = make_service(self.store)
         self.strict = make_service(self.store, max_failures=LOCKOUT_FAILURES)   # the lockout op's service
         # warm the network (first call builds the graph) on a throw-away input, no store call
@@ -82,6 +87,18 @@ class Worker(Ops):
             ids = self.service.enroll(RACE_SUBJECT, embeddings=centre_of(RACE_SEED), user_token=token)
             self.log({"op": "enroll", "subject": RACE_SUBJECT, "ids": ids, "seed": RACE_SEED,
                       "token": token, "round": 0})
+
+    def _watch_refusals(self) -> None:
+        """Note every refusal the store acknowledges (``record_attempt`` returned): the service
+        logs a refusal at most once a minute per (subject, client, op), so which lockout calls
+        wrote one is known from the store's answer, not assumed (the op checks that rule)."""
+        record = self.store.record_attempt
+
+        def record_attempt(subject_id, client, op, outcome):
+            record(subject_id, client, op, outcome)
+            self.refusals_written.append((subject_id, client, op, outcome))
+
+        self.store.record_attempt = record_attempt
 
     # ------------------------------------------------------------------------ helpers of the ops
     def log(self, entry: dict) -> None:
