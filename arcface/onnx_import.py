@@ -34,6 +34,15 @@ How it works
    (gamma, beta, mean, var copied; epsilon set from the file when it differs
    from ours).
 
+5. :func:`import_and_check` (``scripts/import_onnx.py --out models/NAME``) also checks the
+   SHA-256, compares the import with onnxruntime on real faces and writes a model folder
+   (``backbone.weights.h5``, ``config.yaml``, ``import.json``, optionally onnxruntime's
+   reference embeddings of a few faces), as :mod:`arcface.tflite_import` does.
+
+InsightFace's buffalo_s ``w600k_mbf.onnx`` has our MobileFaceNet body with a fully connected
+head (1x1 ConvBlock 512 -> 64, Flatten, Gemm with bias, BatchNorm1d) instead of the GDC:
+import it into ``MobileFaceNet_FC``; ``MobileFaceNet`` refuses it at the head.
+
 Conv + BN folded by the exporter
 --------------------------------
 ``torch.onnx.export`` in eval mode (how arcface_torch's ``torch2onnx.py`` and
@@ -66,6 +75,7 @@ refused, because our ``PixelNormalization`` is fixed.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +84,8 @@ from arcface.errors import CheckpointError
 from arcface.weight_mapping import (ForeignParam, apply_plan, count_add_layers, plan_weights,
                                     postorder, save)
 
-__all__ = ["import_onnx", "save", "onnx_input_convention", "read_onnx_params"]
+__all__ = ["import_onnx", "save", "onnx_input_convention", "read_onnx_params", "onnx_op_counts",
+           "onnx_output_width", "run_onnx", "compare_with_onnxruntime", "import_and_check", "REFERENCE_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +311,181 @@ def onnx_input_convention(onnx_path) -> dict:
     conv = dict(_parse(onnx_path)[1])
     conv.pop("residual_adds", None)
     return conv
+
+
+def onnx_op_counts(onnx_path) -> dict:
+    """``{op_type: count}`` of the file's graph nodes (recorded in ``import.json``)."""
+    from collections import Counter
+
+    nodes = _load_graph(onnx_path)[3]
+    return dict(sorted(Counter(n.op_type for n in nodes).items()))
+
+
+def onnx_output_width(onnx_path) -> int | None:
+    """The last dimension of the file's first output (its embedding width), if fixed."""
+    onnx, _ = _onnx()
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
+
+
+def _session(onnx_path, threads: int = 0):
+    """An onnxruntime session of the file with the batch dimension of its input and outputs
+    made free (InsightFace's exports declare the output as ``[1, 512]``, so onnxruntime
+    warns on every batch; the computation is unchanged)."""
+    onnx, _ = _onnx()
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise CheckpointError("checking an import against the file needs 'onnxruntime' "
+                              "(pip install onnxruntime)") from exc
+    m = onnx.load(str(onnx_path))
+    init = {t.name for t in m.graph.initializer}
+    for v in [i for i in m.graph.input if i.name not in init] + list(m.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "batch"
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(onnx_path, images, batch_size: int = 32, threads: int = 0) -> np.ndarray:
+    """The ONNX file's own outputs (onnxruntime) on RGB NHWC 0..255 ``images``, fed as the
+    file expects (:func:`onnx_input_convention`: NCHW, normalised unless the graph does it)."""
+    conv = onnx_input_convention(onnx_path)
+    sess = _session(onnx_path, threads)
+    name = sess.get_inputs()[0].name
+    images = np.asarray(images, np.float32)
+    outs = []
+    for i in range(0, len(images), batch_size):
+        x = (images[i:i + batch_size] - conv["mean"]) / conv["std"]
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        outs.append(np.asarray(sess.run(None, {name: x})[0], np.float32).reshape(len(x), -1))
+    return np.concatenate(outs)
+
+
+def compare_with_onnxruntime(model, onnx_path, images, reference=None) -> dict:
+    """Embed RGB 0..255 ``images`` with the imported model and with onnxruntime (or compare
+    with ``reference``, onnxruntime's outputs made before): min/mean cosine, max diff."""
+    ref = run_onnx(onnx_path, images) if reference is None else np.asarray(reference, np.float32)
+    ours = np.asarray(model.predict(np.asarray(images, np.float32), batch_size=32, verbose=0))
+    r, o = ref.astype(np.float64), ours.astype(np.float64)
+    cos = np.sum(r * o, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1))
+    return {"n_images": int(len(images)), "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()), "max_abs_diff": float(np.abs(ref - ours).max()),
+            "max_abs_ref": float(np.abs(ref).max())}
+
+
+def _pick_images(folder: str | None, n: int, size: int):
+    """``(images, names)``: ``n`` images spread evenly over ``folder`` (sorted; names relative
+    to it), else seeded random images (names None)."""
+    from arcface.errors import DataFormatError
+
+    if folder is None:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), None
+    from arcface.data.images import decode_image
+    from arcface.embeddings_io import list_images
+
+    try:
+        names, files = list_images(folder)[:2]
+    except DataFormatError as e:
+        raise CheckpointError(f"--check_data: {e}") from None
+    if len(files) < n:
+        raise CheckpointError(f"--check_data {folder}: {len(files)} images, {n} needed")
+    idx = np.linspace(0, len(files) - 1, n).round().astype(int)
+    images = np.stack([decode_image(files[i]) for i in idx])
+    if images.shape[1:3] != (size, size):
+        raise CheckpointError(f"--check_data {folder}: images are {images.shape[1:3]}, "
+                              f"the model takes {size}x{size}")
+    return images, [names[i] for i in idx]
+
+
+#: onnxruntime's embeddings of a few faces, written beside the weights by :func:`import_and_check`
+REFERENCE_FILE = "reference_embeddings.npz"
+
+
+def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | None = None,
+                     input_size: int = 112, expected_sha256: str | None = None, source: str = "",
+                     check_data: str | None = None, check_n: int = 32, reference_n: int = 0,
+                     overwrite: bool = False, test_dataset: str | None = None) -> dict:
+    """Import ``onnx_path``, check it against onnxruntime, write a model folder.
+
+    The folder gets ``backbone.weights.h5``, ``config.yaml`` and ``import.json`` (the
+    returned report); with ``reference_n`` (needs ``check_data``) also
+    :data:`REFERENCE_FILE`: onnxruntime's outputs on that many faces of ``check_data``
+    (``names`` relative to it, ``embeddings``), so the shipped weights can be checked
+    against the file without the file. Nothing is written when the SHA-256 differs from
+    ``expected_sha256``, the graph does not fit, or the check fails (cosine <= 0.9999 or
+    max diff >= 1e-3). ``check_n=0`` skips the check. ``embd_shape`` defaults to the
+    file's output width. The backbone is built by name with its defaults (a model folder's
+    ``config.yaml`` names only ``backbone_type``): a variant of other widths or heads is a
+    registered name (e.g. ``MobileFaceNet_FC``).
+    """
+    import datetime
+    import io
+    import json
+
+    import keras
+
+    from arcface.pretrained import sha256_file, write_model_folder
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX file not found: {path}")
+    digest = sha256_file(path)
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise CheckpointError(f"{path}: SHA-256 {digest} differs from the expected {expected_sha256}")
+    if reference_n and not check_data:
+        raise CheckpointError("reference embeddings (--reference_n) need --check_data (real faces)")
+    if embd_shape is None:
+        embd_shape = onnx_output_width(path) or 512
+    model = import_onnx(path, backbone_type, embd_shape=embd_shape, input_size=input_size)
+    report = {k: v for k, v in model.onnx_import_report.items() if k != "source"}
+    report["unfolded_bn"] = list(report["unfolded_bn"])
+    report["epsilon_changed"] = [list(e) for e in report["epsilon_changed"]]
+    report.update(file=path.name, size=path.stat().st_size, sha256=digest, source=source,
+                  backbone_type=backbone_type, embd_shape=embd_shape, input_size=input_size,
+                  parameters=int(model.count_params()), residual_adds=count_add_layers(model),
+                  ops=onnx_op_counts(path), keras=keras.__version__,
+                  backend=keras.backend.backend(), date=datetime.date.today().isoformat())
+    if check_n:
+        images, _ = _pick_images(check_data, check_n, input_size)
+        check = compare_with_onnxruntime(model, path, images)
+        import onnxruntime
+
+        check["images"] = f"images of {check_data}" if check_data else "random images"
+        check["reference"] = f"onnxruntime {onnxruntime.__version__} (CPU)"
+        report["check"] = check
+        if not (check["min_cosine"] > 0.9999 and check["max_abs_diff"] < 1e-3):
+            raise CheckpointError(f"{path}: the imported model differs from onnxruntime "
+                                  f"(min cosine {check['min_cosine']:.6f}, max abs diff "
+                                  f"{check['max_abs_diff']:.2e}); nothing written")
+    extra = {}
+    if reference_n:
+        images, names = _pick_images(check_data, reference_n, input_size)
+        ref = run_onnx(path, images)
+        ours = compare_with_onnxruntime(model, path, images, reference=ref)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, names=np.asarray(names), embeddings=ref.astype(np.float32),
+                            sha256=np.asarray(digest))
+        extra[REFERENCE_FILE] = buf.getvalue()
+        report["reference"] = {"file": REFERENCE_FILE, "n_images": len(names),
+                               "images": f"of {check_data}, spread evenly over its sorted files "
+                                         f"(names relative to it; the faces are not stored)",
+                               "min_cosine": ours["min_cosine"]}
+    name = os.path.basename(os.path.normpath(os.fspath(out_dir)))
+    config = (f"# Stage-1 config of {name}: {path.name} imported by scripts/import_onnx.py\n"
+              + (f"# source: {source}\n" if source else "")
+              + f"# SHA-256 of the file: {digest}. Weights: backbone.weights.h5 beside this file.\n"
+              f"batch_size: 64\neval_batch_size: 128\ninput_size: {input_size}\n"
+              f"embd_shape: {embd_shape}\nsub_name: '{name}'\nbackbone_type: '{backbone_type}'\n"
+              + (f"test_dataset: '{test_dataset}'\n" if test_dataset else ""))
+    extra["import.json"] = (json.dumps(report, indent=2) + "\n").encode()
+    write_model_folder(model, out_dir, config, extra, overwrite=overwrite)
+    return report
 
 
 def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size: int = 112,

