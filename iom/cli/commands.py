@@ -14,7 +14,7 @@ from iom.cli.output import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, one_line, say  # 
 from iom.cli.request import Request
 
 #: commands that load no model
-MODEL_FREE_COMMANDS = ("list", "show", "set-admin", "device-key")
+MODEL_FREE_COMMANDS = ("list", "show", "set-admin", "device-key", "models")
 
 
 def needs_model(args) -> bool:

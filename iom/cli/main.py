@@ -40,6 +40,10 @@ def main(argv=None) -> int:
             from iom.server.serve import key_command
 
             result, code = key_command(args)
+        elif args.command == "models":               # files only: no store, no secret, no Keras
+            from arcface.model_cards import list_models
+
+            result, code = list_models(), EXIT_OK
         else:
             request = Request(args)                   # every input checked before Keras is imported
             if needs_model(args):

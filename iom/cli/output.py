@@ -132,11 +132,56 @@ def format_result(command: str, result) -> str:
     if command == "add-key":
         return (f"{result['key']}\n(the {result['role']} key {result['name']!r}: shown this once, only its SHA-256 is "
                 f"kept in {result['keys_file']}; give it to its holder over a private channel)")
+    if command == "models":
+        return models_text(result)
     if command == "list-keys":
         return "\n".join(f"{k['name']}  {k['role']}  created {k['created_at']}" for k in result) or "(no key)"
     if isinstance(result, dict):
         return "  ".join(f"{k}={v}" for k, v in result.items())
     return str(result)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def models_text(models: list[dict]) -> str:
+    """``iomface models``: a table of the stage-1 models, then one of the hashers; a fact no
+    file states reads "unknown"; ``*`` marks the defaults (the CLI's hasher and its stage-1 model)."""
+    from iom.defaults import DEFAULT_HASHER
+
+    def known(value, form="{}"):
+        return "unknown" if value is None else form.format(value)
+
+    stage1 = [m for m in models if m["kind"] == "stage1"]
+    hashers = [m for m in models if m["kind"] == "hasher"]
+    lines = []
+    if stage1:
+        rows = [["stage-1 model", "backbone", "embedding", "input", "weights", "LFW accuracy", "terms"]]
+        for m in stage1:
+            lfw = known(m["lfw_accuracy"], "{:.2f}%")
+            if m["lfw_accuracy"] is not None and m["lfw_accuracy_std"] is not None:
+                lfw += f" ± {m['lfw_accuracy_std']:.2f}"
+            rows.append([m["name"] + ("*" if m["default"] else ""), known(m["backbone_type"]),
+                         known(m["embedding_size"], "{}-d"), known(m["input_size"], "{0}x{0}"),
+                         known(m["weights_mb"], "{:.1f} MB"), lfw, known(m["terms_short"])])
+        lines += _table(rows)
+    if hashers:
+        rows = [["hasher", "stage-1 model", "m x q", "code", "calibrated"]]
+        for m in hashers:
+            mq = "unknown" if m["m"] is None or m["q"] is None else f"{m['m']}x{m['q']}"
+            cal = f"yes (FAR {m['calibration_far']:g})" if m["calibrated"] and m["calibration_far"] else (
+                "yes" if m["calibrated"] else "no")
+            bits = m["code_bits"]
+            code = "unknown" if bits is None else f"{bits // 8} B" if bits % 8 == 0 else f"{bits} bits"
+            rows.append([m["name"] + ("*" if m["name"] == DEFAULT_HASHER else ""), known(m["stage1_model"]), mq,
+                         code, cal])
+        lines += ([""] if lines else []) + _table(rows)
+    if not lines:
+        return "(no shipped model)"
+    return "\n".join(lines + ["", "LFW: 10-fold accuracy on lfw_112 (all 6,000 pairs); * the default; "
+                               "iomface models --json for the commands, sources and full terms"])
 
 
 def say(args, message: str) -> None:

@@ -79,7 +79,7 @@ from iom.cli.output import EXIT_ERROR
 from iom.defaults import DEFAULT_HASHER
 
 COMMANDS = ("compare", "verify-pairs", "enroll", "verify", "identify", "revoke", "reissue", "list",
-            "show", "set-admin", "serve", "add-key", "remove-key", "list-keys")
+            "show", "set-admin", "serve", "add-key", "remove-key", "list-keys", "models")
 #: commands about the HTTP server's API keys (no model, no store, no secret)
 KEY_COMMANDS = ("add-key", "remove-key", "list-keys")
 
@@ -234,6 +234,13 @@ COMMAND_HELP = {
                    ["iomface remove-key door-3 --keys_file keys.json"]),
     "list-keys": ("List the API keys' names, roles and creation dates (never the keys).", "",
                   ["iomface list-keys --keys_file keys.json"]),
+    "models": ("List the shipped models: stage-1 networks and hashers (no database, no secret).",
+               "Every folder of the shipped models/: for a stage-1 model its backbone, embedding and input\n"
+               "size, weights size (MB), LFW accuracy (10-fold, lfw_112) and terms, from its config.yaml and\n"
+               "card.json; for a hasher its stage-1 model, m x q and whether it is calibrated, from\n"
+               "hasher.json and calibration.json. A fact no file states is shown as unknown; --json gives the\n"
+               "list with the commands that made the figures. Loads no model. '*' marks the defaults.",
+               ["iomface models", "iomface models --json"]),
 }
 
 
@@ -312,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "current one (--admin_secret_file or $IOMFACE_ADMIN_SECRET)")
     p = command("serve")
     _serve_options(p)
+    command("models")
     p = command("device-key")
     p.add_argument("name", metavar="NAME", help="the device's name: the name of the API key it uses")
     for name in KEY_COMMANDS:
