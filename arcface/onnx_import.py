@@ -369,38 +369,9 @@ def run_onnx(onnx_path, images, batch_size: int = 32, threads: int = 0) -> np.nd
 def compare_with_onnxruntime(model, onnx_path, images, reference=None) -> dict:
     """Embed RGB 0..255 ``images`` with the imported model and with onnxruntime (or compare
     with ``reference``, onnxruntime's outputs made before): min/mean cosine, max diff."""
-    ref = run_onnx(onnx_path, images) if reference is None else np.asarray(reference, np.float32)
-    ours = np.asarray(model.predict(np.asarray(images, np.float32), batch_size=32, verbose=0))
-    r, o = ref.astype(np.float64), ours.astype(np.float64)
-    cos = np.sum(r * o, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1))
-    return {"n_images": int(len(images)), "min_cosine": float(cos.min()),
-            "mean_cosine": float(cos.mean()), "max_abs_diff": float(np.abs(ref - ours).max()),
-            "max_abs_ref": float(np.abs(ref).max())}
+    from arcface.import_check import agreement
 
-
-def _pick_images(folder: str | None, n: int, size: int):
-    """``(images, names)``: ``n`` images spread evenly over ``folder`` (sorted; names relative
-    to it), else seeded random images (names None)."""
-    from arcface.errors import DataFormatError
-
-    if folder is None:
-        rng = np.random.default_rng(0)
-        return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), None
-    from arcface.data.images import decode_image
-    from arcface.embeddings_io import list_images
-
-    try:
-        names, files = list_images(folder)[:2]
-    except DataFormatError as e:
-        raise CheckpointError(f"--check_data: {e}") from None
-    if len(files) < n:
-        raise CheckpointError(f"--check_data {folder}: {len(files)} images, {n} needed")
-    idx = np.linspace(0, len(files) - 1, n).round().astype(int)
-    images = np.stack([decode_image(files[i]) for i in idx])
-    if images.shape[1:3] != (size, size):
-        raise CheckpointError(f"--check_data {folder}: images are {images.shape[1:3]}, "
-                              f"the model takes {size}x{size}")
-    return images, [names[i] for i in idx]
+    return agreement(model, images, run_onnx(onnx_path, images) if reference is None else reference)
 
 
 #: onnxruntime's embeddings of a few faces, written beside the weights by :func:`import_and_check`
@@ -430,14 +401,10 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
 
     import keras
 
-    from arcface.pretrained import sha256_file, write_model_folder
+    from arcface.import_check import check_images, checked_file, require_agreement, stage1_config
+    from arcface.pretrained import write_model_folder
 
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise CheckpointError(f"ONNX file not found: {path}")
-    digest = sha256_file(path)
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise CheckpointError(f"{path}: SHA-256 {digest} differs from the expected {expected_sha256}")
+    path, digest = checked_file(onnx_path, "ONNX", expected_sha256)
     if reference_n and not check_data:
         raise CheckpointError("reference embeddings (--reference_n) need --check_data (real faces)")
     if embd_shape is None:
@@ -452,20 +419,17 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
                   ops=onnx_op_counts(path), keras=keras.__version__,
                   backend=keras.backend.backend(), date=datetime.date.today().isoformat())
     if check_n:
-        images, _ = _pick_images(check_data, check_n, input_size)
+        images, _ = check_images(check_data, check_n, input_size)
         check = compare_with_onnxruntime(model, path, images)
         import onnxruntime
 
         check["images"] = f"images of {check_data}" if check_data else "random images"
         check["reference"] = f"onnxruntime {onnxruntime.__version__} (CPU)"
         report["check"] = check
-        if not (check["min_cosine"] > 0.9999 and check["max_abs_diff"] < 1e-3):
-            raise CheckpointError(f"{path}: the imported model differs from onnxruntime "
-                                  f"(min cosine {check['min_cosine']:.6f}, max abs diff "
-                                  f"{check['max_abs_diff']:.2e}); nothing written")
+        require_agreement(check, path, "onnxruntime")
     extra = {}
     if reference_n:
-        images, names = _pick_images(check_data, reference_n, input_size)
+        images, names = check_images(check_data, reference_n, input_size)
         ref = run_onnx(path, images)
         ours = compare_with_onnxruntime(model, path, images, reference=ref)
         buf = io.BytesIO()
@@ -477,12 +441,8 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
                                          f"(names relative to it; the faces are not stored)",
                                "min_cosine": ours["min_cosine"]}
     name = os.path.basename(os.path.normpath(os.fspath(out_dir)))
-    config = (f"# Stage-1 config of {name}: {path.name} imported by scripts/import_onnx.py\n"
-              + (f"# source: {source}\n" if source else "")
-              + f"# SHA-256 of the file: {digest}. Weights: backbone.weights.h5 beside this file.\n"
-              f"batch_size: 64\neval_batch_size: 128\ninput_size: {input_size}\n"
-              f"embd_shape: {embd_shape}\nsub_name: '{name}'\nbackbone_type: '{backbone_type}'\n"
-              + (f"test_dataset: '{test_dataset}'\n" if test_dataset else ""))
+    config = stage1_config(name, path, "scripts/import_onnx.py", digest, source=source, input_size=input_size,
+                           embd_shape=embd_shape, backbone_type=backbone_type, test_dataset=test_dataset)
     extra["import.json"] = (json.dumps(report, indent=2) + "\n").encode()
     write_model_folder(model, out_dir, config, extra, overwrite=overwrite)
     return report

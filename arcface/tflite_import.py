@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arcface.errors import CheckpointError, DataFormatError
+from arcface.errors import CheckpointError
 from arcface.weight_mapping import (ForeignParam, apply_plan, count_add_layers, plan_weights,
                                     postorder, same_pads, save)
 
@@ -477,36 +477,12 @@ def run_tflite(tflite_path, images, input_mean: float = 127.5, input_std: float 
     return TFLiteRunner(tflite_path, num_threads)(images, input_mean, input_std)
 
 
-def _check_images(folder: str | None, n: int, size: int) -> tuple[np.ndarray, str]:
-    """``n`` images spread evenly over ``folder`` (sorted), else seeded random images."""
-    if folder is None:
-        rng = np.random.default_rng(0)
-        return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), "random images"
-    from arcface.data.images import decode_image
-    from arcface.embeddings_io import list_images
-
-    try:
-        files = list_images(folder)[1]  # a flat or an identity folder, in sorted order
-    except DataFormatError as e:
-        raise CheckpointError(f"--check_data: {e}") from None
-    if len(files) < n:
-        raise CheckpointError(f"--check_data {folder}: {len(files)} images, {n} needed")
-    picked = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-    images = np.stack([decode_image(f) for f in picked])
-    if images.shape[1:3] != (size, size):
-        raise CheckpointError(f"--check_data {folder}: images are {images.shape[1:3]}, "
-                              f"the model takes {size}x{size}")
-    return images, f"images of {folder}"
-
-
 def compare_with_tflite(model, tflite_path, images, input_mean: float = 127.5,
                         input_std: float = 128.0) -> dict:
     """Embed ``images`` with the imported model and with the interpreter: min cosine, max diff."""
-    ref = run_tflite(tflite_path, images, input_mean, input_std)
-    ours = np.asarray(model.predict(np.asarray(images, np.float32), batch_size=32, verbose=0))
-    cos = np.sum(ref * ours, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(ours, axis=1))
-    return {"n_images": int(len(images)), "min_cosine": float(cos.min()),
-            "max_abs_diff": float(np.abs(ref - ours).max()), "max_abs_ref": float(np.abs(ref).max())}
+    from arcface.import_check import agreement
+
+    return agreement(model, images, run_tflite(tflite_path, images, input_mean, input_std))
 
 
 def import_and_check(tflite_path, out_dir, backbone_type: str = "MobileFaceNet_TF",
@@ -528,14 +504,10 @@ def import_and_check(tflite_path, out_dir, backbone_type: str = "MobileFaceNet_T
 
     import keras
 
-    from arcface.pretrained import sha256_file, write_model_folder
+    from arcface.import_check import check_images, checked_file, require_agreement, stage1_config
+    from arcface.pretrained import write_model_folder
 
-    path = Path(tflite_path)
-    if not path.is_file():
-        raise CheckpointError(f"TFLite file not found: {path}")
-    digest = sha256_file(path)
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise CheckpointError(f"{path}: SHA-256 {digest} differs from the expected {expected_sha256}")
+    path, digest = checked_file(tflite_path, "TFLite", expected_sha256)
     graph = read_tflite(path)
     if embd_shape is None:
         embd_shape = int(graph.tensors[graph.outputs[0]].shape[-1])
@@ -549,21 +521,14 @@ def import_and_check(tflite_path, out_dir, backbone_type: str = "MobileFaceNet_T
                   keras=keras.__version__, backend=keras.backend.backend(),
                   date=datetime.date.today().isoformat())
     if check_n:
-        images, what = _check_images(check_data, check_n, input_size)
+        images, names = check_images(check_data, check_n, input_size)
         check = compare_with_tflite(model, path, images, input_mean, input_std)
-        check["images"] = what
+        check["images"] = "random images" if names is None else f"images of {check_data}"
         report["check"] = check
-        if not (check["min_cosine"] > 0.9999 and check["max_abs_diff"] < 1e-3):
-            raise CheckpointError(f"{path}: the imported model differs from the interpreter "
-                                  f"(min cosine {check['min_cosine']:.6f}, max abs diff "
-                                  f"{check['max_abs_diff']:.2e}); nothing written")
+        require_agreement(check, path, "the interpreter")
     name = os.path.basename(os.path.normpath(os.fspath(out_dir)))
-    config = (f"# Stage-1 config of {name}: {path.name} imported by scripts/import_tflite.py\n"
-              + (f"# source: {source}\n" if source else "")
-              + f"# SHA-256 of the file: {digest}. Weights: backbone.weights.h5 beside this file.\n"
-              f"batch_size: 64\neval_batch_size: 128\ninput_size: {input_size}\n"
-              f"embd_shape: {embd_shape}\nsub_name: '{name}'\nbackbone_type: '{backbone_type}'\n"
-              + (f"test_dataset: '{test_dataset}'\n" if test_dataset else ""))
+    config = stage1_config(name, path, "scripts/import_tflite.py", digest, source=source, input_size=input_size,
+                           embd_shape=embd_shape, backbone_type=backbone_type, test_dataset=test_dataset)
     write_model_folder(model, out_dir, config,
                        {"import.json": (json.dumps(report, indent=2) + "\n").encode()},
                        overwrite=overwrite)

@@ -65,6 +65,7 @@ def main(argv=None) -> int:
         raise ConfigError("--cfg_out goes with a .weights.h5 --out; a model folder gets its own config.yaml")
 
     if not file_out:
+        from arcface.import_check import summary_lines
         from arcface.onnx_import import import_and_check
 
         report = import_and_check(
@@ -72,14 +73,7 @@ def main(argv=None) -> int:
             input_size=args.input_size, expected_sha256=args.sha256, source=args.source,
             check_data=args.check_data, check_n=args.check_n, reference_n=args.reference_n,
             overwrite=args.force, test_dataset=args.test_dataset)
-        print(f"imported {args.onnx} (SHA-256 {report['sha256']}) into {args.backbone_type}: "
-              f"{report['parameters']:,} parameters, {report['embd_shape']}-d -> {args.out}")
-        print(f"  {len(report['unfolded_bn'])} folded BatchNorms rebuilt as identity + bias, "
-              f"{report['residual_adds']} residual adds")
-        check = report.get("check")
-        if check:
-            print(f"  check on {check['n_images']} {check['images']}: min cosine {check['min_cosine']:.8f}, "
-                  f"max abs diff {check['max_abs_diff']:.2e} (|e| up to {check['max_abs_ref']:.1f})")
+        print("\n".join(summary_lines(report, args.onnx, args.backbone_type, args.out)))
         if "reference" in report:
             print(f"  onnxruntime embeddings of {report['reference']['n_images']} faces -> "
                   f"{os.path.join(args.out, report['reference']['file'])}")

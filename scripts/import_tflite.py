@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="replace an existing model folder's weights")
     args = parser.parse_args(argv)
 
+    from arcface.import_check import summary_lines
     from arcface.tflite_import import import_and_check
 
     report = import_and_check(
@@ -49,14 +50,7 @@ def main(argv=None) -> int:
         input_size=args.input_size, input_mean=args.input_mean, input_std=args.input_std,
         expected_sha256=args.sha256, source=args.source, check_data=args.check_data,
         check_n=args.check_n, overwrite=args.force, test_dataset=args.test_dataset)
-    print(f"imported {args.tflite} (SHA-256 {report['sha256']}) into {args.backbone_type}: "
-          f"{report['parameters']:,} parameters, {report['embd_shape']}-d -> {args.out}")
-    print(f"  {len(report['unfolded_bn'])} folded BatchNorms rebuilt as identity + bias, "
-          f"{report['residual_adds']} residual adds")
-    check = report.get("check")
-    if check:
-        print(f"  check on {check['n_images']} {check['images']}: min cosine {check['min_cosine']:.8f}, "
-              f"max abs diff {check['max_abs_diff']:.2e} (|e| up to {check['max_abs_ref']:.1f})")
+    print("\n".join(summary_lines(report, args.tflite, args.backbone_type, args.out)))
     return 0
 
 
