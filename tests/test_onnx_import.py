@@ -95,8 +95,10 @@ def test_imported_model_matches_onnxruntime(name, tmp_path):
 
 def test_input_convention(tmp_path):
     # file with the normalisation in the graph takes raw pixels, the others (x-127.5)/127.5
-    assert onnx_input_convention(_fixture("mbf_s1", tmp_path)) == {
-        "layout": "NCHW", "channels": "RGB", "normalised_in_graph": True, "mean": 0.0, "std": 1.0}
+    conv = onnx_input_convention(_fixture("mbf_s1", tmp_path))
+    pixel = (conv.pop("pixel_mean"), conv.pop("pixel_std"))
+    assert conv == {"layout": "NCHW", "channels": "RGB", "normalised_in_graph": True, "mean": 0.0, "std": 1.0}
+    np.testing.assert_allclose(pixel, (127.5, 127.5), rtol=1e-6)  # what the first layer sees, from the graph
     ir = _fixture("ir18_narrow", tmp_path)
     assert onnx_input_convention(ir)["mean"] == 127.5 and onnx_input_convention(ir)["std"] == 127.5
     # our model's first layer is PixelNormalization: feeding it pre-normalised NHWC is wrong,

@@ -18,7 +18,7 @@ from .registry import (
 )
 
 # Importing the modules registers their backbones.
-from . import iresnet, keras_apps, mobilefacenet, mobilefacenet_tf  # noqa: E402,F401
+from . import fmobilenet, iresnet, keras_apps, mobilefacenet, mobilefacenet_tf  # noqa: E402,F401
 from .common import PixelNormalization, count_reference_parameters  # noqa: E402
 
 __all__ = [

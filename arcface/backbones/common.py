@@ -36,6 +36,8 @@ __all__ = [
     "image_input",
     "batch_norm",
     "prelu",
+    "kaiming_fan_out",
+    "torch_conv",
     "embedding_output_block",
     "count_reference_parameters",
     "iter_layers",
@@ -190,6 +192,36 @@ def prelu(name: str) -> layers.PReLU:
     return layers.PReLU(
         alpha_initializer=keras.initializers.Constant(0.25), shared_axes=[1, 2], name=name
     )
+
+
+def kaiming_fan_out(fan_out: int) -> keras.initializers.Initializer:
+    """arcface_torch's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``.
+
+    PyTorch's fan_out is ``out_channels * kh * kw`` for every conv (grouped and
+    depthwise ones included) and ``out_features`` for a Linear layer.
+    """
+    return keras.initializers.RandomNormal(stddev=(2.0 / fan_out) ** 0.5)
+
+
+def torch_conv(x, filters: int, kernel, stride: int, padding: int, groups: int, name: str):
+    """Bias-free conv with PyTorch-style explicit zero padding, applied to ``x``.
+
+    ``groups == in_channels == filters`` uses ``DepthwiseConv2D``; other
+    ``groups > 1`` use :class:`GroupedConv2D` (same kernel layout as a grouped ``Conv2D``).
+    """
+    in_channels = x.shape[-1]
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    init = kaiming_fan_out(filters * kh * kw)
+    if padding:
+        x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    if groups > 1 and groups == in_channels == filters:
+        return layers.DepthwiseConv2D((kh, kw), strides=stride, padding="valid", use_bias=False,
+                                      depthwise_initializer=init, name=name)(x)
+    if groups > 1:
+        return GroupedConv2D(filters, (kh, kw), groups, strides=stride, kernel_initializer=init,
+                             name=name)(x)
+    return layers.Conv2D(filters, (kh, kw), strides=stride, padding="valid", use_bias=False,
+                         kernel_initializer=init, name=name)(x)
 
 
 def embedding_output_block(

@@ -61,64 +61,21 @@ from keras import layers
 
 from arcface.errors import ConfigError
 
-from .common import (BN_EPSILON, BN_MOMENTUM, GroupedConv2D, PixelNormalization, batch_norm,
-                     image_input, prelu)
+from .common import (BN_EPSILON, BN_MOMENTUM, PixelNormalization, batch_norm, image_input,
+                     kaiming_fan_out, prelu, torch_conv)
 from .registry import register_backbone
 
 __all__ = ["build_mobilefacenet"]
 
 
-def _kaiming_fan_out(fan_out: int) -> keras.initializers.Initializer:
-    """arcface_torch's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``.
-
-    PyTorch's fan_out is ``out_channels * kh * kw`` for every conv (grouped and
-    depthwise ones included) and ``out_features`` for a Linear layer.
-    """
-    return keras.initializers.RandomNormal(stddev=(2.0 / fan_out) ** 0.5)
-
-
-def _conv(x, filters: int, kernel, stride: int, padding: int, groups: int, name: str):
-    """Bias-free conv with PyTorch-style explicit zero padding.
-
-    ``groups == in_channels == filters`` uses ``DepthwiseConv2D``; other
-    ``groups > 1`` use :class:`GroupedConv2D` (same kernel layout as a grouped ``Conv2D``).
-    """
-    in_channels = x.shape[-1]
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    init = _kaiming_fan_out(filters * kh * kw)
-    if padding:
-        x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
-    if groups > 1 and groups == in_channels == filters:
-        return layers.DepthwiseConv2D(
-            (kh, kw),
-            strides=stride,
-            padding="valid",
-            use_bias=False,
-            depthwise_initializer=init,
-            name=name,
-        )(x)
-    if groups > 1:
-        return GroupedConv2D(filters, (kh, kw), groups, strides=stride, kernel_initializer=init,
-                             name=name)(x)
-    return layers.Conv2D(
-        filters,
-        (kh, kw),
-        strides=stride,
-        padding="valid",
-        use_bias=False,
-        kernel_initializer=init,
-        name=name,
-    )(x)
-
-
 def _conv_block(x, filters, kernel, stride, padding, groups, prefix):
-    x = _conv(x, filters, kernel, stride, padding, groups, f"{prefix}_conv")
+    x = torch_conv(x, filters, kernel, stride, padding, groups, f"{prefix}_conv")
     x = batch_norm(f"{prefix}_bn")(x)
     return prelu(f"{prefix}_prelu")(x)
 
 
 def _linear_block(x, filters, kernel, stride, padding, groups, prefix):
-    x = _conv(x, filters, kernel, stride, padding, groups, f"{prefix}_conv")
+    x = torch_conv(x, filters, kernel, stride, padding, groups, f"{prefix}_conv")
     return batch_norm(f"{prefix}_bn")(x)
 
 
@@ -204,7 +161,7 @@ def build_mobilefacenet(
     x = layers.Dense(
         embd_shape,
         use_bias=head == "fc",
-        kernel_initializer=_kaiming_fan_out(embd_shape),
+        kernel_initializer=kaiming_fan_out(embd_shape),
         name="embedding_fc",
     )(x)
     outputs = layers.BatchNormalization(
