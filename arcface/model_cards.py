@@ -5,9 +5,12 @@ A stage-1 model folder (``config.yaml`` + ``backbone.weights.h5``) may hold a sm
 ``card.json``, with the facts its README/NOTICE state in prose::
 
     {"lfw_accuracy": 98.78, "lfw_accuracy_std": 0.41, "lfw_command": "python scripts/evaluate.py ...",
+     "latency_ms": 18.5, "latency_tflite_ms": 3.1, "latency_measured": "bench/model_latency.py, ...",
      "terms_short": "research and evaluation", "terms": "...", "source": "..."}
 
-(accuracies in percent on ``lfw_112``, all 6,000 pairs, 10 folds). A fact a card lacks, or gives as
+(accuracies in percent on ``lfw_112``, all 6,000 pairs, 10 folds; latencies the median milliseconds
+to embed one aligned face, Keras and the shipped TFLite runtime, as ``bench/model_latency.py`` measured
+them on the machine ``latency_measured`` names). A fact a card lacks, or gives as
 ``"unknown"``, is ``None`` here. A hasher folder (``hasher.json``) needs no card: its stage-1 model,
 m and q are in ``hasher.json``, its operating point in ``calibration.json``.
 
@@ -28,7 +31,7 @@ CALIBRATION_FILE = "calibration.json"
 UNKNOWN = "unknown"
 #: the facts a stage-1 card may give (anything else in a card is kept out of the listing)
 CARD_FIELDS = ("lfw_accuracy", "lfw_accuracy_std", "lfw_accuracy_flip", "lfw_data", "lfw_command", "lfw_stated_in",
-               "terms_short", "terms", "source")
+               "latency_ms", "latency_tflite_ms", "latency_measured", "terms_short", "terms", "source")
 
 
 def _read_json(path: str) -> dict:

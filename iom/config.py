@@ -188,14 +188,43 @@ def finalize_stage2(cfg: Config) -> Config:
     return cfg.replace(**changes)
 
 
-def load_stage2_config(path: str | os.PathLike, overrides=()) -> Config:
+def stage1_model_keys(raw: dict, name: str, source: str) -> dict:
+    """The keys that put the shipped stage-1 model ``name`` under a stage-2 config (``--model
+    NAME`` of the stage-2 scripts): ``stage1_model``, its ``backbone_type``, ``embd_shape`` and
+    ``input_size`` from the model's config.yaml, and a ``sub_name`` of its own (the config's with
+    its stage-1 model's name replaced by ``name``, else ``name`` appended), so another model's
+    hasher is never written over. :class:`ConfigError` when ``name`` is not a shipped stage-1
+    model, or the config reads precomputed features (another extractor's)."""
+    from arcface import pretrained
+    from arcface.config import read_yaml
+
+    if not pretrained.is_pretrained_name(name):
+        raise ConfigError(f"--model {name!r} is not a shipped stage-1 model; shipped: "
+                          f"{', '.join(pretrained.list_pretrained()) or 'none'} (iomface models lists them)")
+    for key in ("train_embeddings", "test_embeddings"):
+        if raw.get(key):
+            raise ConfigError(f"{source}: --model {name} embeds the config's image folders, but key '{key}' "
+                              f"reads precomputed features: use a config with 'train_dataset'")
+    model_cfg = read_yaml(pretrained.pretrained_files(name)[0])
+    old, sub = raw.get("stage1_model"), str(raw.get("sub_name") or "iom")
+    keys = {"stage1_model": name, "backbone_type": model_cfg.get("backbone_type"),
+            "embd_shape": model_cfg.get("embd_shape"), "input_size": model_cfg.get("input_size", 112)}
+    if old != name:
+        keys["sub_name"] = sub.replace(old, name) if old and old in sub else f"{sub}_{name}"
+    return keys
+
+
+def load_stage2_config(path: str | os.PathLike, overrides=(), stage1_model: str | None = None) -> Config:
     """Load and validate a stage-2 YAML config; ``overrides`` (``"key=value"`` strings, the
-    value read as YAML) change keys before validation, so a bad one is named like a bad key."""
+    value read as YAML) change keys before validation, so a bad one is named like a bad key;
+    ``stage1_model`` puts another shipped stage-1 model under it (:func:`stage1_model_keys`)."""
     import yaml
 
     from arcface.config import read_yaml
 
     raw = read_yaml(path)
+    if stage1_model is not None:
+        raw.update(stage1_model_keys(raw, stage1_model, os.fspath(path)))
     for item in overrides:
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip():

@@ -20,7 +20,7 @@ from arcface.cli import CFG_PATH_HELP, MODEL_PATH_HELP, fail_cleanly  # noqa: E4
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg_path", default=None, help=CFG_PATH_HELP)
-    parser.add_argument("--model_path", default=None, help=MODEL_PATH_HELP)
+    parser.add_argument("--model_path", "--model", default=None, help=MODEL_PATH_HELP)
     parser.add_argument("--val_data", nargs="+", default=None,
                         help=".bin files or pairs folders (default: the config's test_dataset)")
     parser.add_argument("--flip", action="store_true", help="flip test (also on if the config says so)")

@@ -32,7 +32,7 @@ from arcface.cli import CFG_PATH_HELP, MODEL_PATH_HELP, fail_cleanly  # noqa: E4
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg_path", default=None, help=CFG_PATH_HELP)
-    parser.add_argument("--model_path", default=None, help=MODEL_PATH_HELP)
+    parser.add_argument("--model_path", "--model", default=None, help=MODEL_PATH_HELP)
     parser.add_argument("--read_path", required=True,
                         help="an image file, a folder of images or an identity folder (one sub-folder "
                              "per person); aligned input_size crops unless --align")

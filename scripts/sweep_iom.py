@@ -26,6 +26,9 @@ DEFAULT_SIZES = "512x8,256x8,128x8,64x8,32x8,256x16,128x4"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg_path", required=True, help="stage-2 YAML config: the recipe and the data")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="a shipped stage-1 model to put under the config (its backbone_type, embd_shape; "
+                             "sub_name gets its name); default: the config's stage1_model")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated MxQ (default {DEFAULT_SIZES})")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of deep IoM (default 0,1,2)")
     parser.add_argument("--n_keys", type=int, default=5, help="random IoM keys per size (default 5)")
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"--seeds {args.seeds!r}: comma-separated integers expected") from None
     if not sizes or not seeds or args.n_keys < 1:
         raise ConfigError("--sizes, --seeds and --n_keys must each name at least one run")
-    cfg = load_stage2_config(args.cfg_path, args.overrides)
+    cfg = load_stage2_config(args.cfg_path, args.overrides, stage1_model=args.model)
     tag = args.protocol + ("" if args.transform == "none" else f"_{args.transform}")
     json_path = args.json or f"docs/results/sweep_iom_{tag}.json"
     plot_path = args.plot or f"docs/images/iom/sweep_{tag}.png"

@@ -22,6 +22,9 @@ from arcface.cli import fail_cleanly  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg_path", required=True, help="stage-2 YAML config")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="a shipped stage-1 model to put under the config (its backbone_type, embd_shape; "
+                             "sub_name gets its name); default: the config's stage1_model")
     parser.add_argument("--model_path", default=None,
                         help="saved hasher folder (default: checkpoints/<sub_name> when it holds a trained "
                              "hasher, else the shipped models/<sub_name>; a warning says when the first "
@@ -42,7 +45,7 @@ def main(argv=None) -> int:
     from iom.evaluation.report import evaluate_stage2
     from iom.hashing.hasher import DeepIoMHasher, locate_hasher
 
-    cfg = load_stage2_config(args.cfg_path)
+    cfg = load_stage2_config(args.cfg_path, stage1_model=args.model)
     where = locate_hasher(cfg, args.model_path)
     print(f"hasher: {where.describe()}", flush=True)
     warning = where.shadow_warning()

@@ -19,6 +19,9 @@ from arcface.cli import fail_cleanly  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg_path", required=True, help="stage-2 YAML config")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="a shipped stage-1 model to put under the config (its backbone_type, embd_shape; "
+                             "sub_name gets its name); default: the config's stage1_model")
     parser.add_argument("--checkpoint_root", default="checkpoints")
     parser.add_argument("--log_root", default="logs")
     parser.add_argument("--mode", default="fit", choices=["fit", "eager_tf"],
@@ -28,7 +31,7 @@ def main(argv=None) -> int:
     from iom.config import load_stage2_config
     from iom.hashing.train import train_stage2
 
-    cfg = load_stage2_config(args.cfg_path)
+    cfg = load_stage2_config(args.cfg_path, stage1_model=args.model)
     train_stage2(cfg, checkpoint_root=args.checkpoint_root, log_root=args.log_root)
     return 0
 

@@ -297,7 +297,7 @@ def test_cli_errors_write_nothing(tmp_path):
              (["--format", "onnx", "--variant", "box", "--out", out], "unknown variant 'box'"),
              (["--format", "onnx", "--crop_size", "128", "--out", out], "--crop_size applies to --variant crop"),
              (["--format", "onnx", "--variant", "crop", "--crop_size", "8", "--out", out], "crop_size must be"),
-             (["--format", "onnx", "--hasher", "mobilefacenet_ms1m", "--out", out], "unreadable hasher.json")]
+             (["--format", "onnx", "--hasher", "mobilefacenet_ms1m", "--out", out], "is a stage-1 model (the embedding network), not a hasher")]
     for args, message in cases:
         proc = _script(*args)
         assert proc.returncode == 2, (args, proc.stderr)

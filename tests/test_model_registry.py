@@ -54,20 +54,33 @@ def test_models_lists_every_folder_with_its_config_and_card(capsys):
             assert entry["weights_mb"] == round((folder / "backbone.weights.h5").stat().st_size / 1e6, 1)
             assert entry["lfw_accuracy"] == card["lfw_accuracy"] and entry["terms_short"] == card["terms_short"]
             assert set(card) <= set(CARD_FIELDS)
-            assert card["lfw_command"].startswith(f"python scripts/evaluate.py --model_path {name} ")
+            assert card["lfw_command"].startswith((f"python scripts/evaluate.py --model_path {name} ",
+                                                   f"python scripts/evaluate.py --model {name} "))
 
 
 def test_card_figures_are_the_ones_the_folders_state():
     """The cards quote what the READMEs and docs/RESULTS.md already state (not re-measured here)."""
     results = (REPO / "docs" / "RESULTS.md").read_text()
     expected = {"mobilefacenet_ms1m": (98.78, 0.41), "buffalo_s_w600k_mbf": (99.07, 0.35),
-                "mbfn_celeba299": (86.60, 2.19)}
+                "mbfn_celeba299": (86.60, 2.19), "sface_2021dec": (98.78, 0.34)}
     for name, (acc, std) in expected.items():
         card = json.loads((MODELS / name / "card.json").read_text())
         assert (card["lfw_accuracy"], card["lfw_accuracy_std"]) == (acc, std)
         assert f"{acc:.2f}% ± {std:.2f}" in (MODELS / name / "README.md").read_text()
         assert f"{acc:.2f}" in results
         assert card["lfw_command"].split(" [")[0].split(" --json")[0] in (MODELS / name / "README.md").read_text()
+
+
+def test_sface_card_is_its_recorded_measurement():
+    """sface_2021dec's card rounds the evaluate.py outputs recorded beside RESULTS."""
+    card = json.loads((MODELS / "sface_2021dec" / "card.json").read_text())
+    for suffix, field in (("", "lfw_accuracy"), ("_flip", "lfw_accuracy_flip")):
+        run = json.loads((REPO / "docs" / "results" / f"lfw_sface_2021dec{suffix}.json").read_text())
+        lfw = run["sets"]["lfw_112"]
+        assert run["model_path"] == "sface_2021dec" and run["flip_test"] == (suffix == "_flip")
+        assert lfw["n_pairs"] == 6000 and card[field] == round(100 * lfw["accuracy"], 2)
+        if not suffix:
+            assert card["lfw_accuracy_std"] == round(100 * lfw["accuracy_std"], 2)
 
 
 def test_text_output_shows_dims_figures_and_defaults(capsys):
@@ -110,7 +123,7 @@ def test_a_folder_without_a_card_is_listed_with_unknowns(tmp_path, monkeypatch, 
     code, out = _iomface(capsys, "models")
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("bare_model"))
-    assert "128-d" in row and row.count("unknown") == 2                  # LFW accuracy and terms
+    assert "128-d" in row and row.count("unknown") == 3                  # LFW accuracy, latency and terms
     assert next(line for line in out.splitlines() if line.startswith("iom_bare_64x8")).endswith("no")
 
 

@@ -158,14 +158,15 @@ def models_text(models: list[dict]) -> str:
     hashers = [m for m in models if m["kind"] == "hasher"]
     lines = []
     if stage1:
-        rows = [["stage-1 model", "backbone", "embedding", "input", "weights", "LFW accuracy", "terms"]]
+        rows = [["stage-1 model", "backbone", "embedding", "input", "weights", "LFW accuracy", "embed (CPU)",
+                 "terms"]]
         for m in stage1:
             lfw = known(m["lfw_accuracy"], "{:.2f}%")
             if m["lfw_accuracy"] is not None and m["lfw_accuracy_std"] is not None:
                 lfw += f" ± {m['lfw_accuracy_std']:.2f}"
             rows.append([m["name"] + ("*" if m["default"] else ""), known(m["backbone_type"]),
                          known(m["embedding_size"], "{}-d"), known(m["input_size"], "{0}x{0}"),
-                         known(m["weights_mb"], "{:.1f} MB"), lfw, known(m["terms_short"])])
+                         known(m["weights_mb"], "{:.1f} MB"), lfw, _latency(m), known(m["terms_short"])])
         lines += _table(rows)
     if hashers:
         rows = [["hasher", "stage-1 model", "m x q", "code", "calibrated"]]
@@ -180,8 +181,17 @@ def models_text(models: list[dict]) -> str:
         lines += ([""] if lines else []) + _table(rows)
     if not lines:
         return "(no shipped model)"
-    return "\n".join(lines + ["", "LFW: 10-fold accuracy on lfw_112 (all 6,000 pairs); * the default; "
-                               "iomface models --json for the commands, sources and full terms"])
+    return "\n".join(lines + ["", "LFW: 10-fold accuracy on lfw_112 (all 6,000 pairs); embed: median ms for one "
+                               "face, Keras (TFLite where shipped), bench/model_latency.py; * the default; "
+                               "iomface models --json for the commands, machine, sources and full terms"])
+
+
+def _latency(m: dict) -> str:
+    """A stage-1 model's measured embedding latency: Keras p50, and the TFLite runtime's where shipped."""
+    if m.get("latency_ms") is None:
+        return "unknown"
+    text = f"{m['latency_ms']:.1f} ms"
+    return text + (f" ({m['latency_tflite_ms']:.1f} TFLite)" if m.get("latency_tflite_ms") is not None else "")
 
 
 def say(args, message: str) -> None:

@@ -36,8 +36,9 @@ def main(argv=None) -> int:
                         help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, help="output folder (created; must be empty or absent "
                                                      "unless --force)")
-    parser.add_argument("--hasher", default=DEFAULT_HASHER,
-                        help=f"a shipped hasher under models/ (default {DEFAULT_HASHER})")
+    parser.add_argument("--model", "--hasher", dest="hasher", default=DEFAULT_HASHER,
+                        help=f"a shipped hasher under models/ (default {DEFAULT_HASHER}; --hasher is the "
+                             f"older spelling)")
     parser.add_argument("--variant", default="face", help=f"one of {', '.join(VARIANTS)} (default face)")
     parser.add_argument("--crop_size", type=int, default=None,
                         help=f"--variant crop: the square crop's side in pixels, {CROP_SIZE_RANGE[0]}.."

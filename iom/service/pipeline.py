@@ -65,6 +65,18 @@ class Pipeline:
             return folder
 
         folder = shipped_folder(hasher_name, "hasher")
+        if not os.path.isfile(os.path.join(folder, "hasher.json")) and os.path.isfile(
+                os.path.join(folder, "config.yaml")):
+            from arcface.model_cards import list_models
+
+            on_it = [m["name"] for m in list_models() if m["kind"] == "hasher" and m["stage1_model"] == hasher_name]
+            raise InvalidInputError(
+                f"{hasher_name!r} is a stage-1 model (the embedding network), not a hasher; --model names a "
+                f"hasher: " + (f"those on {hasher_name}: {', '.join(on_it)}" if on_it else
+                               f"none is shipped for {hasher_name}: train one with python scripts/"
+                               f"train_twostage_tripletloss_online.py --cfg_path configs/"
+                               f"iom_mobilefacenet_ms1m_64x8.yaml --model {hasher_name}") +
+                " (iomface models lists them all)")
         try:
             with open(os.path.join(folder, "hasher.json")) as f:
                 spec = json.load(f)
