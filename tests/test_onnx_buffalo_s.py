@@ -39,7 +39,8 @@ from arcface.errors import CheckpointError  # noqa: E402
 from arcface.onnx_import import (REFERENCE_FILE, import_and_check, import_onnx,  # noqa: E402
                                  onnx_op_counts, run_onnx)
 
-from tests.conftest import SHARED_DATA, shared_data  # noqa: E402
+from tests.imported_models import (assert_reproduces_reference, assert_trains_and_round_trips, cosine,  # noqa: E402
+                                   faces, load_shipped)
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "buffalo_s_w600k_mbf"
@@ -128,28 +129,10 @@ def fixture_path(tmp_path_factory) -> Path:
                                  embd=NARROW_EMBD, **NARROW)
 
 
-def _faces(n: int, seed: int = 0) -> np.ndarray:
-    """``n`` real aligned LFW faces spread over the set when ../shared/data is present, else
-    seeded random images."""
-    lfw = SHARED_DATA / "lfw_112"
-    if not lfw.is_dir():
-        return np.random.default_rng(seed).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
-    from arcface.data.images import decode_image
-
-    files = sorted(lfw.glob("*/*.jpg"))
-    picked = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-    return np.stack([decode_image(str(f)) for f in picked])
-
-
-def _cosine(a, b):
-    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 # --------------------------------------------------------------------------- the backbone
 
 
 def test_fc_head_variant_is_registered_trains_and_saves(tmp_path):
-    import keras
 
     from arcface.backbones import build_backbone, list_backbones
     from arcface.backbones.mobilefacenet import build_mobilefacenet
@@ -166,16 +149,7 @@ def test_fc_head_variant_is_registered_trains_and_saves(tmp_path):
     with pytest.raises(ConfigError, match="head"):
         build_mobilefacenet(16, head="gnap")
     # a train step moves the weights; a .keras round trip keeps the function
-    x = np.random.default_rng(0).uniform(0, 255, (4, 112, 112, 3)).astype(np.float32)
-    y = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
-    before = np.asarray(model.get_layer("head_conv").kernel).copy()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
-    assert not np.allclose(np.asarray(model.get_layer("head_conv").kernel), before)
-    model.save(str(tmp_path / "fc.keras"))
-    again = keras.saving.load_model(str(tmp_path / "fc.keras"))
-    np.testing.assert_allclose(np.asarray(again(x, training=False)), np.asarray(model(x, training=False)),
-                               rtol=0, atol=1e-5)
+    assert_trains_and_round_trips(model, "head_conv", tmp_path / "fc.keras", lr=0.1)
 
 
 # --------------------------------------------------------------------------- the fixture
@@ -203,11 +177,11 @@ def test_fixture_imports_and_matches_onnxruntime(fixture_path):
     assert "head_bn" in report["unfolded_bn"] and "stem_bn" in report["unfolded_bn"]
     assert "embedding_bn" not in report["unfolded_bn"]  # BatchNorm1d kept in the file
     assert report["file_input_convention"]["normalised_in_graph"] is False
-    images = _faces(32)
+    images = faces(32)
     ref = run_onnx(fixture_path, images)
     ours = np.asarray(model.predict(images.astype(np.float32), batch_size=32, verbose=0))
     assert ours.shape == ref.shape == (32, NARROW_EMBD) and ours.dtype == np.float32
-    cos, diff = _cosine(ours, ref), float(np.abs(ours - ref).max())
+    cos, diff = cosine(ours, ref), float(np.abs(ours - ref).max())
     print(f"\n[{keras.backend.backend()}] w600k-like fixture: min cosine {cos.min():.8f}, "
           f"max abs diff {diff:.2e}, max |ref| {np.abs(ref).max():.2f}")
     assert cos.min() > 0.9999
@@ -254,10 +228,10 @@ def test_import_and_check_writes_a_loadable_model_folder(fixture_path, tmp_path)
     from arcface.models import load_backbone
     from arcface.pretrained import sha256_file
 
-    faces = tmp_path / "faces"
-    for i, img in enumerate(_faces(6, seed=1)):
-        (faces / f"p{i}").mkdir(parents=True)
-        cv2.imwrite(str(faces / f"p{i}" / f"p{i}_0001.png"), img[..., ::-1])
+    face_dir = tmp_path / "faces"
+    for i, img in enumerate(faces(6, seed=1)):
+        (face_dir / f"p{i}").mkdir(parents=True)
+        cv2.imwrite(str(face_dir / f"p{i}" / f"p{i}_0001.png"), img[..., ::-1])
     name = "test_mbf_fc_narrow"
 
     @register_backbone(name)
@@ -270,7 +244,7 @@ def test_import_and_check_writes_a_loadable_model_folder(fixture_path, tmp_path)
             import_and_check(fixture_path, out, name, expected_sha256="0" * 64)
         assert not out.exists()
         report = import_and_check(fixture_path, out, name, expected_sha256=sha256_file(fixture_path),
-                                  source="a test fixture", check_data=str(faces), check_n=6,
+                                  source="a test fixture", check_data=str(face_dir), check_n=6,
                                   reference_n=4)
         assert sorted(p.name for p in out.iterdir()) == sorted(
             ["backbone.weights.h5", "config.yaml", "import.json", REFERENCE_FILE])
@@ -285,8 +259,8 @@ def test_import_and_check_writes_a_loadable_model_folder(fixture_path, tmp_path)
         assert str(ref["sha256"]) == sha256_file(fixture_path)
         from arcface.data.images import decode_image
 
-        images = np.stack([decode_image(str(faces / n)) for n in ref["names"]])
-        cos = _cosine(np.asarray(model.predict(images, verbose=0)), ref["embeddings"])
+        images = np.stack([decode_image(str(face_dir / n)) for n in ref["names"]])
+        cos = cosine(np.asarray(model.predict(images, verbose=0)), ref["embeddings"])
         assert cos.min() > 0.9999
         with pytest.raises(CheckpointError, match="exists"):
             import_and_check(fixture_path, out, name, check_n=0)
@@ -299,11 +273,7 @@ def test_import_and_check_writes_a_loadable_model_folder(fixture_path, tmp_path)
 
 @pytest.fixture(scope="module")
 def shipped():
-    from arcface.models import load_pretrained
-
-    if not (MODEL_DIR / "backbone.weights.h5").is_file():
-        pytest.fail(f"{MODEL_DIR} is not shipped")
-    return load_pretrained(NAME)
+    return load_shipped(NAME)
 
 
 def test_shipped_model_loads_by_name_and_gives_512d_unit_embeddings(shipped):
@@ -314,7 +284,7 @@ def test_shipped_model_loads_by_name_and_gives_512d_unit_embeddings(shipped):
     assert is_pretrained_name(NAME)
     assert cfg["backbone_type"] == "MobileFaceNet_FC" and cfg["embd_shape"] == 512
     assert backbone.output_shape == (None, 512)
-    emb = Embedder(backbone, batch_size=4).embed_arrays(_faces(4, seed=2))
+    emb = Embedder(backbone, batch_size=4).embed_arrays(faces(4, seed=2))
     assert emb.shape == (4, 512) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     report = json.loads((MODEL_DIR / "import.json").read_text())
@@ -326,19 +296,7 @@ def test_shipped_model_loads_by_name_and_gives_512d_unit_embeddings(shipped):
 
 
 def test_shipped_model_reproduces_onnxruntime_on_lfw_faces(shipped):
-    import keras
-
-    from arcface.data.images import decode_image
-
-    lfw = shared_data("lfw_112")
-    ref = np.load(MODEL_DIR / REFERENCE_FILE)
-    assert str(ref["sha256"]) == RELEASED_SHA256
-    images = np.stack([decode_image(str(lfw / n)) for n in ref["names"]])
-    ours = np.asarray(shipped[1].predict(images, verbose=0))
-    cos = _cosine(ours, ref["embeddings"])
-    print(f"\n[{keras.backend.backend()}] {NAME} vs onnxruntime on {len(images)} LFW faces: "
-          f"min cosine {cos.min():.8f}, max abs diff {np.abs(ours - ref['embeddings']).max():.2e}")
-    assert len(images) == 8 and cos.min() > 0.9999
+    assert_reproduces_reference(shipped[1], MODEL_DIR, RELEASED_SHA256)
 
 
 @pytest.mark.skipif(not RELEASED.is_file(), reason=f"{RELEASED} absent: python "
@@ -352,10 +310,10 @@ def test_released_file_imports_to_exactly_the_shipped_weights(shipped):
     model = import_onnx(RELEASED, "MobileFaceNet_FC")
     for ours, shipped_w in zip(model.weights, shipped[1].weights, strict=True):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(shipped_w), err_msg=ours.path)
-    images = _faces(32, seed=3)
+    images = faces(32, seed=3)
     ref = run_onnx(RELEASED, images)
     ours = np.asarray(model.predict(images.astype(np.float32), batch_size=32, verbose=0))
-    cos = _cosine(ours, ref)
+    cos = cosine(ours, ref)
     print(f"\n[{keras.backend.backend()}] released w600k_mbf vs onnxruntime: min cosine "
           f"{cos.min():.8f}, max abs diff {np.abs(ours - ref).max():.2e}")
     assert cos.min() > 0.9999 and np.abs(ours - ref).max() < 1e-3

@@ -36,9 +36,10 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from arcface.errors import CheckpointError  # noqa: E402
 from arcface.onnx_graph import dequantize_linear, runnable_onnx_bytes  # noqa: E402
-from arcface.onnx_import import REFERENCE_FILE, import_onnx, onnx_op_counts, run_onnx  # noqa: E402
+from arcface.onnx_import import import_onnx, onnx_op_counts, run_onnx  # noqa: E402
 
-from tests.conftest import SHARED_DATA, shared_data  # noqa: E402
+from tests.imported_models import (assert_reproduces_reference, assert_trains_and_round_trips, cosine,  # noqa: E402
+                                   faces, load_shipped)
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sface_2021dec"
@@ -211,23 +212,7 @@ def fixture_path(tmp_path_factory) -> Path:
     return build_sface_like_onnx(tmp_path_factory.mktemp("sface_like") / "sface_like.onnx")
 
 
-def _faces(n: int, seed: int = 0) -> np.ndarray:
-    lfw = SHARED_DATA / "lfw_112"
-    if not lfw.is_dir():
-        return np.random.default_rng(seed).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
-    from arcface.data.images import decode_image
-
-    files = sorted(lfw.glob("*/*.jpg"))
-    picked = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-    return np.stack([decode_image(str(f)) for f in picked])
-
-
-def _cosine(a, b):
-    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def test_fmobilenet_is_registered_trains_and_saves(tmp_path):
-    import keras
 
     from arcface.backbones import build_backbone, list_backbones
     from arcface.errors import ConfigError
@@ -241,16 +226,7 @@ def test_fmobilenet_is_registered_trains_and_saves(tmp_path):
     assert build_backbone("FMobileNet", embd_shape=128).count_params() == 9_667_072  # the released file's size, BN included
     with pytest.raises(ConfigError, match="width"):
         build_backbone("FMobileNet", width=0)
-    x = np.random.default_rng(0).uniform(0, 255, (4, 112, 112, 3)).astype(np.float32)
-    y = np.random.default_rng(1).standard_normal((4, EMBD)).astype(np.float32)
-    before = np.asarray(model.get_layer("stem_conv").kernel).copy()
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
-    assert not np.allclose(np.asarray(model.get_layer("stem_conv").kernel), before)
-    model.save(str(tmp_path / "f.keras"))
-    again = keras.saving.load_model(str(tmp_path / "f.keras"))
-    np.testing.assert_allclose(np.asarray(again(x, training=False)), np.asarray(model(x, training=False)),
-                               rtol=0, atol=1e-5)
+    assert_trains_and_round_trips(model, "stem_conv", tmp_path / "f.keras", lr=0.01)
 
 
 def test_fixture_has_the_real_graphs_op_set(fixture_path):
@@ -271,10 +247,10 @@ def test_fixture_imports_as_bgr_and_matches_onnxruntime(fixture_path):
     conv = model.onnx_import_report["file_input_convention"]
     assert conv["normalised_in_graph"] and (conv["pixel_mean"], conv["pixel_std"]) == (127.5, 128.0)
     assert conv["channels"] == "BGR" and model.onnx_import_report["epsilon_changed"] == []
-    images = _faces(16)
+    images = faces(16)
     ref = run_onnx(fixture_path, images, channels="BGR")
     ours = np.asarray(model.predict(images, batch_size=16, verbose=0))   # RGB in
-    cos = _cosine(ours, ref)
+    cos = cosine(ours, ref)
     print(f"\n[{keras.backend.backend()}] SFace-like fixture: min cosine {cos.min():.8f}, "
           f"max abs diff {np.abs(ours - ref).max():.2e}")
     assert cos.min() > 0.9999 and np.abs(ours - ref).max() < 1e-4 * max(1.0, float(np.abs(ref).max()))
@@ -285,7 +261,7 @@ def test_fixture_imports_as_bgr_and_matches_onnxruntime(fixture_path):
     # imported as RGB, the network sees the channels swapped: a different function
     as_rgb = import_onnx(fixture_path, "FMobileNet", embd_shape=EMBD, width=WIDTH)
     swapped = np.asarray(as_rgb.predict(images, batch_size=16, verbose=0))
-    assert _cosine(swapped, ref).min() < 0.999
+    assert cosine(swapped, ref).min() < 0.999
     np.testing.assert_allclose(swapped, run_onnx(fixture_path, images), rtol=1e-4, atol=1e-4)
 
 
@@ -315,11 +291,7 @@ def test_fixture_refusals_name_the_problem(tmp_path, fixture_path):
 
 @pytest.fixture(scope="module")
 def shipped():
-    from arcface.models import load_pretrained
-
-    if not (MODEL_DIR / "backbone.weights.h5").is_file():
-        pytest.fail(f"{MODEL_DIR} is not shipped")
-    return load_pretrained(NAME)
+    return load_shipped(NAME)
 
 
 def test_shipped_model_loads_by_name_with_its_provenance(shipped):
@@ -327,7 +299,7 @@ def test_shipped_model_loads_by_name_with_its_provenance(shipped):
 
     cfg, backbone = shipped
     assert cfg["backbone_type"] == "FMobileNet" and cfg["embd_shape"] == 128
-    emb = Embedder(backbone, batch_size=4).embed_arrays(_faces(4, seed=2))
+    emb = Embedder(backbone, batch_size=4).embed_arrays(faces(4, seed=2))
     assert emb.shape == (4, 128) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     report = json.loads((MODEL_DIR / "import.json").read_text())
@@ -339,19 +311,7 @@ def test_shipped_model_loads_by_name_with_its_provenance(shipped):
 
 
 def test_shipped_model_reproduces_onnxruntime_on_lfw_faces(shipped):
-    import keras
-
-    from arcface.data.images import decode_image
-
-    lfw = shared_data("lfw_112")
-    ref = np.load(MODEL_DIR / REFERENCE_FILE)
-    assert str(ref["sha256"]) == RELEASED_SHA256
-    images = np.stack([decode_image(str(lfw / n)) for n in ref["names"]])
-    ours = np.asarray(shipped[1].predict(images, verbose=0))
-    cos = _cosine(ours, ref["embeddings"])
-    print(f"\n[{keras.backend.backend()}] {NAME} vs onnxruntime on {len(images)} LFW faces: "
-          f"min cosine {cos.min():.8f}, max abs diff {np.abs(ours - ref['embeddings']).max():.2e}")
-    assert len(images) == 8 and cos.min() > 0.9999
+    assert_reproduces_reference(shipped[1], MODEL_DIR, RELEASED_SHA256)
 
 
 @pytest.mark.skipif(not RELEASED.is_file(), reason=f"{RELEASED} absent: python "
@@ -360,7 +320,7 @@ def test_released_file_imports_to_exactly_the_shipped_weights(shipped):
     model = import_onnx(RELEASED, "FMobileNet", embd_shape=128, channels="BGR")
     for ours, shipped_w in zip(model.weights, shipped[1].weights, strict=True):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(shipped_w), err_msg=ours.path)
-    images = _faces(16, seed=3)
+    images = faces(16, seed=3)
     ref = run_onnx(RELEASED, images, channels="BGR")
-    cos = _cosine(np.asarray(model.predict(images, batch_size=16, verbose=0)), ref)
+    cos = cosine(np.asarray(model.predict(images, batch_size=16, verbose=0)), ref)
     assert cos.min() > 0.9999
