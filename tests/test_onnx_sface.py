@@ -213,7 +213,6 @@ def fixture_path(tmp_path_factory) -> Path:
 
 
 def test_fmobilenet_is_registered_trains_and_saves(tmp_path):
-
     from arcface.backbones import build_backbone, list_backbones
     from arcface.errors import ConfigError
 

@@ -41,6 +41,45 @@ class TfliteEmbedder:
         return out
 
 
+class KerasModelEmbedder:
+    """Raw embeddings from a shipped stage-1 model (``models/NAME``, Keras, the backend of this
+    process), with the TFLite embedder's call: ``divisor`` and ``channels`` say what the network is
+    to see, ``(x - 127.5) / divisor`` in ``channels`` order, and the pixels are rescaled so that the
+    model's own :class:`~arcface.backbones.common.PixelNormalization` produces it."""
+
+    batch = 64
+
+    def __init__(self, name: str):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from arcface import pretrained
+        from arcface.backbones.common import PixelNormalization, iter_layers
+        from arcface.models import load_pretrained
+
+        cfg, self.model = load_pretrained(name)
+        norm = next(la for la in iter_layers(self.model) if isinstance(la, PixelNormalization))
+        self.mean, self.std = float(norm.mean), float(norm.std)
+        self.divisor = self.std                                # the model's own convention
+        self.input_shape, self.dim = (None, cfg["input_size"], cfg["input_size"], 3), cfg["embd_shape"]
+        folder = os.path.dirname(pretrained.pretrained_files(name)[0])
+        self.weights = os.path.join(folder, pretrained.WEIGHTS_FILE)
+
+    def __call__(self, images: np.ndarray, channels: str = "rgb", divisor: float | None = None,
+                 desc: str = "", progress: bool = True) -> np.ndarray:
+        from tqdm import tqdm
+
+        divisor = self.std if divisor is None else divisor
+        out = np.empty((len(images), self.dim), np.float32)
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+            for start in range(0, len(images), self.batch):
+                x = images[start:start + self.batch].astype(np.float32)
+                if channels == "bgr":
+                    x = x[..., ::-1]
+                x = self.mean + (x - 127.5) * (self.std / divisor)
+                out[start:start + len(x)] = np.asarray(self.model.predict_on_batch(x), np.float32)
+                bar.update(len(x))
+        return out
+
+
 class Cache:
     """Embeddings on disk, one ``.npy`` per variant, keyed by model, variant and image list."""
 
