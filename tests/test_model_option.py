@@ -62,13 +62,17 @@ def test_stage2_scripts_take_model(script):
         _script(script).main(["--cfg_path", str(CONFIG), "--model", "nope"])
 
 
-def test_cli_model_names_a_hasher_and_tells_a_stage1_name_apart(capsys):
+def test_cli_model_names_a_hasher_and_tells_a_stage1_name_apart(capsys, monkeypatch):
+    import arcface.model_cards
     from iom.cli.main import main
 
     assert main(["list", "--model", "mobilefacenet_ms1m"]) == 2
     err = capsys.readouterr().err
     assert "'mobilefacenet_ms1m' is a stage-1 model" in err
     assert "iom_mobilefacenet_ms1m_512x8, iom_mobilefacenet_ms1m_64x8" in err      # the hashers on it
+    assert main(["list", "--model", "sface_2021dec"]) == 2
+    assert "iom_sface_2021dec_512x8, iom_sface_2021dec_64x8" in capsys.readouterr().err
+    monkeypatch.setattr(arcface.model_cards, "list_models", lambda *a: [])      # a model with no hasher yet
     assert main(["list", "--model", "sface_2021dec"]) == 2
     err = capsys.readouterr().err
     assert "none is shipped for sface_2021dec" in err and "--model sface_2021dec" in err

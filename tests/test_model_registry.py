@@ -83,6 +83,21 @@ def test_sface_card_is_its_recorded_measurement():
             assert card["lfw_accuracy_std"] == round(100 * lfw["accuracy_std"], 2)
 
 
+def test_card_latencies_are_the_recorded_bench_run(capsys):
+    """Every stage-1 card's latency is bench/model_latency.py's recorded p50 (Keras; TFLite where the
+    folder ships embedder.tflite), and the listing shows it."""
+    run = json.loads((REPO / "docs" / "results" / "model_latency.json").read_text())
+    timed = {m["name"]: m for m in run["models"]}
+    listed = {m["name"]: m for m in _json_models(capsys) if m["kind"] == "stage1"}
+    assert set(timed) == set(listed)
+    for name, m in timed.items():
+        card = json.loads((MODELS / name / "card.json").read_text())
+        assert card["latency_ms"] == round(m["keras"]["ms"]["p50"], 1) == listed[name]["latency_ms"]
+        assert ("tflite" in m) == (MODELS / name / "embedder.tflite").is_file()
+        assert card.get("latency_tflite_ms") == (round(m["tflite"]["ms"]["p50"], 1) if "tflite" in m else None)
+        assert m["keras"]["ms"]["n"] == 200 and "model_latency.json" in card["latency_measured"]
+
+
 def test_text_output_shows_dims_figures_and_defaults(capsys):
     code, out = _iomface(capsys, "models")
     assert code == 0
