@@ -78,13 +78,17 @@ def _reshape(data: np.ndarray, shape: np.ndarray, allowzero: int = 0) -> np.ndar
     return np.reshape(data, target)
 
 
+_FOLDABLE = ("Identity", "DequantizeLinear", "Reshape")
+
+
 def fold_constants(nodes, consts: dict) -> None:
     """Evaluate, in order, every node of ``nodes`` whose inputs are all constants and whose op is
     one a weight may pass through (``Identity``, ``DequantizeLinear``, ``Reshape``), adding its
     output to ``consts``."""
     for n in nodes:
         ins = [i for i in n.input if i]
-        if not ins or any(i not in consts for i in ins) or n.output[0] in consts:
+        if (n.op_type not in _FOLDABLE or not ins or any(i not in consts for i in ins)
+                or n.output[0] in consts):
             continue
         a = node_attrs(n)
         if n.op_type == "Identity":
