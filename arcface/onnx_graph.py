@@ -120,6 +120,14 @@ def _toposort(nodes, graph_outputs):
     return postorder(nodes, roots, parents)
 
 
+def read_inputs(graph) -> list:
+    """The graph's declared inputs that some node reads. The others are left-overs (the quantiser
+    that made SFace's file kept the float weights' declarations beside their quantised
+    replacements): not inputs of the computation, and onnxruntime would ask for them."""
+    consumed = {t for n in graph.node for t in n.input}
+    return [i for i in graph.input if i.name in consumed]
+
+
 def load_graph(onnx_path):
     """``(path, graph, image_input, nodes, consts)`` of an ONNX file: its nodes in topological
     order and every constant tensor (initializers, ``Constant`` nodes, folded chains)."""
@@ -143,10 +151,7 @@ def load_graph(onnx_path):
             elif "value_floats" in a:
                 consts[n.output[0]] = np.array(a["value_floats"], np.float32)
     init_names = set(consts)
-    consumed = {t for n in graph.node for t in n.input}
-    # inputs no node reads are left-overs (the quantiser that made SFace's file kept the
-    # float weights' declarations): not an input of the computation
-    inputs = [i for i in graph.input if i.name not in init_names and i.name in consumed]
+    inputs = [i for i in read_inputs(graph) if i.name not in init_names]
     if len(inputs) != 1:
         raise CheckpointError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
     nodes = _toposort(list(graph.node), [o.name for o in graph.output])
@@ -166,9 +171,8 @@ def runnable_onnx_bytes(onnx_path) -> bytes:
     made free (InsightFace's exports declare ``[1, 512]``; the computation is unchanged)."""
     onnx, _ = onnx_modules()
     model = onnx.load(str(onnx_path))
-    used = {t for n in model.graph.node for t in n.input}
     init = {t.name for t in model.graph.initializer}
-    keep = [i for i in model.graph.input if i.name in used]
+    keep = read_inputs(model.graph)
     del model.graph.input[:]
     model.graph.input.extend(keep)
     for v in [i for i in model.graph.input if i.name not in init] + list(model.graph.output):

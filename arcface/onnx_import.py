@@ -85,7 +85,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -113,7 +112,7 @@ def _param(kind: str, name: str, arrays: dict, attrs: dict | None = None) -> For
 
 
 def _parse(onnx_path):
-    """Return (params, input_convention, input_dims) of an ONNX file."""
+    """Return (params, input_convention, input_dims, op_counts) of an ONNX file, parsed once."""
     path, graph, inp, nodes, consts = load_graph(onnx_path)
     params: list[ForeignParam] = []
     norm = []  # (op, constant) applied to the raw input, in order
@@ -233,7 +232,7 @@ def _parse(onnx_path):
         "pixel_std": float(1.0 / scale) if norm else 127.5,
     }
     convention["residual_adds"] = len(residual_adds)
-    return params, convention, input_dims(inp)
+    return params, convention, input_dims(inp), _op_counts(nodes)
 
 
 def read_onnx_params(onnx_path):
@@ -265,12 +264,15 @@ def onnx_input_convention(onnx_path, channels: str = "RGB") -> dict:
     return conv
 
 
-def onnx_op_counts(onnx_path) -> dict:
-    """``{op_type: count}`` of the file's graph nodes (recorded in ``import.json``)."""
+def _op_counts(nodes) -> dict:
     from collections import Counter
 
-    nodes = load_graph(onnx_path)[3]
     return dict(sorted(Counter(n.op_type for n in nodes).items()))
+
+
+def onnx_op_counts(onnx_path) -> dict:
+    """``{op_type: count}`` of the file's graph nodes (recorded in ``import.json``)."""
+    return _op_counts(load_graph(onnx_path)[3])
 
 
 def onnx_output_width(onnx_path) -> int | None:
@@ -281,12 +283,14 @@ def onnx_output_width(onnx_path) -> int | None:
 
 
 def run_onnx(onnx_path, images, batch_size: int = 32, threads: int = 0,
-             channels: str = "RGB") -> np.ndarray:
+             channels: str = "RGB", convention: dict | None = None, session=None) -> np.ndarray:
     """The ONNX file's own outputs (onnxruntime) on RGB NHWC 0..255 ``images``, fed as the
     file expects (:func:`onnx_input_convention`: NCHW, in ``channels`` order, normalised
-    unless the graph does it)."""
-    conv = onnx_input_convention(onnx_path, channels)
-    sess = onnxruntime_session(onnx_path, threads)
+    unless the graph does it). ``convention`` (the file's, e.g. an import report's
+    ``file_input_convention``) and ``session`` (:func:`onnxruntime_session` of the file) spare
+    parsing the graph again."""
+    conv = onnx_input_convention(onnx_path, channels) if convention is None else convention
+    sess = onnxruntime_session(onnx_path, threads) if session is None else session
     name = sess.get_inputs()[0].name
     images = np.asarray(images, np.float32)
     outs = []
@@ -299,12 +303,14 @@ def run_onnx(onnx_path, images, batch_size: int = 32, threads: int = 0,
     return np.concatenate(outs)
 
 
-def compare_with_onnxruntime(model, onnx_path, images, reference=None, channels: str = "RGB") -> dict:
+def compare_with_onnxruntime(model, onnx_path, images, reference=None, channels: str = "RGB",
+                             **run_kwargs) -> dict:
     """Embed RGB 0..255 ``images`` with the imported model and with onnxruntime (or compare
-    with ``reference``, onnxruntime's outputs made before): min/mean cosine, max diff."""
+    with ``reference``, onnxruntime's outputs made before): min/mean cosine, max diff.
+    ``run_kwargs`` go to :func:`run_onnx`."""
     from arcface.import_check import agreement
 
-    return agreement(model, images, run_onnx(onnx_path, images, channels=channels)
+    return agreement(model, images, run_onnx(onnx_path, images, channels=channels, **run_kwargs)
                      if reference is None else reference)
 
 
@@ -348,16 +354,20 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
     model = import_onnx(path, backbone_type, embd_shape=embd_shape, input_size=input_size,
                         channels=channels)
     report = {k: v for k, v in model.onnx_import_report.items() if k != "source"}
+    # the graph is parsed once (in import_onnx); onnxruntime runs one session of the file
+    run = {"channels": channels, "convention": report["file_input_convention"], "session": None}
     report["unfolded_bn"] = list(report["unfolded_bn"])
     report["epsilon_changed"] = [list(e) for e in report["epsilon_changed"]]
     report.update(file=path.name, size=path.stat().st_size, sha256=digest, source=source,
                   backbone_type=backbone_type, embd_shape=embd_shape, input_size=input_size,
                   parameters=int(model.count_params()), residual_adds=count_add_layers(model),
-                  ops=onnx_op_counts(path), keras=keras.__version__,
+                  keras=keras.__version__,
                   backend=keras.backend.backend(), date=datetime.date.today().isoformat())
+    if check_n or reference_n:
+        run["session"] = onnxruntime_session(path)
     if check_n:
         images, _ = check_images(check_data, check_n, input_size)
-        check = compare_with_onnxruntime(model, path, images, channels=channels)
+        check = compare_with_onnxruntime(model, path, images, **run)
         import onnxruntime
 
         check["images"] = f"images of {check_data}" if check_data else "random images"
@@ -367,7 +377,7 @@ def import_and_check(onnx_path, out_dir, backbone_type: str, embd_shape: int | N
     extra = {}
     if reference_n:
         images, names = check_images(check_data, reference_n, input_size)
-        ref = run_onnx(path, images, channels=channels)
+        ref = run_onnx(path, images, **run)
         ours = compare_with_onnxruntime(model, path, images, reference=ref)
         buf = io.BytesIO()
         np.savez_compressed(buf, names=np.asarray(names), embeddings=ref.astype(np.float32),
@@ -409,7 +419,7 @@ def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size
     :class:`CheckpointError` on the first structural mismatch, before any weight is written.
     """
     _check_channels(channels)
-    params, convention, dims = _parse(onnx_path)
+    params, convention, dims, ops = _parse(onnx_path)
     if len(dims) != 4 or dims[1] not in (None, 3):
         raise CheckpointError(f"{onnx_path}: input shape {dims} is not NCHW RGB")
     for d in dims[2:]:
@@ -453,5 +463,6 @@ def import_onnx(onnx_path, backbone_type: str, embd_shape: int = 512, input_size
         "unfolded_bn": [b for _, b in unfolded],
         "epsilon_changed": eps_changed,
         "file_input_convention": convention,
+        "ops": ops,
     }
     return model

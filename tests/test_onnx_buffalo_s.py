@@ -26,12 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip(
-    "onnx", reason="the 'onnx' package is not installed (dev dependency of the ONNX importer)",
-    exc_type=ImportError)
-ort = pytest.importorskip(
-    "onnxruntime", reason="'onnxruntime' is not installed (dev dependency: reference for the "
-                          "ONNX importer tests)", exc_type=ImportError)
+from tests.onnx_deps import onnx, ort  # noqa: F401 - skips this module without them
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -217,10 +212,13 @@ def test_fixture_refused_by_the_gdc_head_and_other_widths(fixture_path):
                     **{**NARROW, "blocks": (1, 2, 1, 1)})
 
 
-def test_import_and_check_writes_a_loadable_model_folder(fixture_path, tmp_path):
+def test_import_and_check_writes_a_loadable_model_folder(fixture_path, tmp_path, monkeypatch):
     """The folder the importer writes (weights, config.yaml, import.json, the onnxruntime
-    reference embeddings) loads through the normal path; a wrong SHA-256 writes nothing."""
+    reference embeddings) loads through the normal path; a wrong SHA-256 writes nothing. One
+    import parses the graph once and opens one onnxruntime session for the check and the reference."""
     import cv2
+
+    import arcface.onnx_import as onnx_import
 
     from arcface.backbones import register_backbone, unregister_backbone
     from arcface.backbones.mobilefacenet import build_mobilefacenet
@@ -243,9 +241,21 @@ def test_import_and_check_writes_a_loadable_model_folder(fixture_path, tmp_path)
         with pytest.raises(CheckpointError, match="SHA-256"):
             import_and_check(fixture_path, out, name, expected_sha256="0" * 64)
         assert not out.exists()
+        calls = {"load_graph": 0, "onnxruntime_session": 0}
+
+        def counted(fn):
+            def wrapper(*args, **kwargs):
+                calls[fn.__name__] += 1
+                return fn(*args, **kwargs)
+            return wrapper
+
+        for fn in (onnx_import.load_graph, onnx_import.onnxruntime_session):
+            monkeypatch.setattr(onnx_import, fn.__name__, counted(fn))
         report = import_and_check(fixture_path, out, name, expected_sha256=sha256_file(fixture_path),
                                   source="a test fixture", check_data=str(face_dir), check_n=6,
                                   reference_n=4)
+        assert calls == {"load_graph": 1, "onnxruntime_session": 1}
+        monkeypatch.undo()
         assert sorted(p.name for p in out.iterdir()) == sorted(
             ["backbone.weights.h5", "config.yaml", "import.json", REFERENCE_FILE])
         assert report["embd_shape"] == NARROW_EMBD  # the file's output width

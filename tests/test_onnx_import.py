@@ -15,12 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip(
-    "onnx", reason="the 'onnx' package is not installed (dev dependency of the ONNX importer)",
-    exc_type=ImportError)
-ort = pytest.importorskip(
-    "onnxruntime", reason="'onnxruntime' is not installed (dev dependency: reference for the "
-                          "ONNX importer tests)", exc_type=ImportError)
+from tests.onnx_deps import onnx, ort  # noqa: F401 - skips this module without them
 
 from arcface.errors import CheckpointError  # noqa: E402
 from arcface.onnx_import import import_onnx, onnx_input_convention, save  # noqa: E402
