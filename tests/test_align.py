@@ -320,6 +320,24 @@ def test_our_warp_reproduces_the_reference_crops(lfw):
 
 
 @needs_mtcnn
+def test_the_centred_subject_wins_over_a_bystander(lfw, aligner):
+    """A real photo centred in a larger canvas with a half-size copy of another person's photo in a
+    corner (a bystander whose face is detected too): ``select="center"`` aligns the subject, whichever
+    face the detector is surer of. (lfw_112's bystander crops, docs/alignment_study.md, are this error.)"""
+    import cv2
+
+    subject, other = lfw["images"][0], lfw["images"][-1]
+    canvas = np.full((500, 500, 3), 128, np.uint8)
+    canvas[125:375, 125:375] = subject
+    canvas[10:135, 10:135] = cv2.resize(other, (125, 125), interpolation=cv2.INTER_AREA)
+    everyone = FaceAligner(select="all").align(canvas)
+    centres = [f.landmarks.mean(0) for f in everyone]
+    assert len(everyone) >= 2 and any(np.all(c < 135) for c in centres)  # the bystander was found
+    (face,) = aligner.align(canvas)
+    alone = aligner.align(subject)[0]
+    np.testing.assert_allclose(face.landmarks, alone.landmarks + 125, atol=2.0)
+
+
 def test_batch_results_equal_one_by_one(lfw, lfw_batch, aligner):
     start = time.perf_counter()
     for image, batched in zip(lfw["images"][:10], lfw_batch[:10]):
