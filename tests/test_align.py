@@ -338,6 +338,7 @@ def test_the_centred_subject_wins_over_a_bystander(lfw, aligner):
     np.testing.assert_allclose(face.landmarks, alone.landmarks + 125, atol=2.0)
 
 
+@needs_mtcnn
 def test_batch_results_equal_one_by_one(lfw, lfw_batch, aligner):
     start = time.perf_counter()
     for image, batched in zip(lfw["images"][:10], lfw_batch[:10]):
