@@ -50,11 +50,11 @@ from arcface.data.pairs import load_pairs_dir  # noqa: E402
 from arcface.metrics import cosine_similarity  # noqa: E402
 from arcface.pretrained import sha256_file  # noqa: E402
 from bench.align_study.geometry import (half_pixel_round_trip, invert, lost_fraction, matrix_stats,  # noqa: E402
-                                        off_centre_small_faces, parse_landmarks, rewarp_matrix, warp)
+                                        off_centre_small_faces, parse_landmarks, rewarp_matrix,
+                                        shifted_landmark_matrix, warp)
 from bench.align_study.metrics import markdown, mcnemar_p, report_row  # noqa: E402
 from bench.align_study.model import Cache, KerasModelEmbedder, TfliteEmbedder  # noqa: E402
-from bench.align_study.scrfd import (SCRFD_SHA256, ScrfdLandmarks, compare_with_mtcnn,  # noqa: E402
-                                     shifted_landmark_matrix)
+from bench.align_study.scrfd import SCRFD_SHA256, ScrfdLandmarks, compare_with_mtcnn  # noqa: E402
 from bench.align_study.validation import validate_on_raw_photos  # noqa: E402
 from bench.common import LFW_112, add_json_option, arg_parser, cpu_model, emit, machine_line  # noqa: E402
 

@@ -5,9 +5,8 @@ background-face criterion."""
 import numpy as np
 
 from arcface.align import ARCFACE_TEMPLATE
-from bench.align_study.geometry import rewarp_matrix, similarity
-from bench.align_study.scrfd import (STRIDES, anchor_centres, decode, pick_face, shifted_landmark_matrix,
-                                     to_crop)
+from bench.align_study.geometry import rewarp_matrix, shifted_landmark_matrix, similarity, to_crop
+from bench.align_study.scrfd import STRIDES, anchor_centres, decode, pick_face
 
 H = W = 64  # input size of the hand-built outputs
 

@@ -44,6 +44,19 @@ def rewarp_matrix(landmarks: np.ndarray) -> np.ndarray:
     return compose(t_lstsq, invert(t_lmeds))
 
 
+def to_crop(landmarks: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Photo-pixel landmarks in the frame of the crop ``matrix`` (2 x 3) makes."""
+    return landmarks @ matrix[:2, :2].T + matrix[:, 2]
+
+
+def shifted_landmark_matrix(landmarks: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """The re-warp of a shipped (lmeds) crop onto the lstsq crop of landmarks moved by ``offset``
+    (5 x 2, crop pixels; e.g. another detector's mean offset from MTCNN's): the lstsq similarity from
+    the shifted crop-frame landmarks to the template. A zero offset gives :func:`rewarp_matrix`."""
+    t_lmeds, _ = similarity(landmarks, "lmeds")
+    return estimate_similarity(to_crop(landmarks, t_lmeds) + offset, ARCFACE_TEMPLATE.astype(np.float64) * (SIZE / 112.0))
+
+
 def warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``cv2.warpAffine`` with warp_face's settings (bilinear, constant border 0)."""
     return cv2.warpAffine(np.ascontiguousarray(image), matrix, (SIZE, SIZE), flags=cv2.INTER_LINEAR,

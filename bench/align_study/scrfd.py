@@ -84,11 +84,6 @@ class ScrfdLandmarks:
         return None if i is None else (kps[i] / scale).astype(np.float64)
 
 
-def to_crop(landmarks: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Photo-pixel landmarks in the frame of the crop ``matrix`` (2 x 3) makes."""
-    return landmarks @ matrix[:2, :2].T + matrix[:, 2]
-
-
 def compare_with_mtcnn(embed, detector: ScrfdLandmarks, raw_dir: str, crops_dir: str, manifest: dict) -> dict:
     """SCRFD against the MTCNN landmarks of the shipped crops on the raw photos.
 
@@ -103,7 +98,7 @@ def compare_with_mtcnn(embed, detector: ScrfdLandmarks, raw_dir: str, crops_dir:
     from arcface.align import warp_face
     from arcface.data.images import decode_image
     from arcface.metrics import cosine_similarity
-    from bench.align_study.geometry import jpeg, parse_landmarks, similarity
+    from bench.align_study.geometry import jpeg, parse_landmarks, similarity, to_crop
 
     names = sorted(n for n, row in manifest.items() if row[0] == "ok"
                    and os.path.exists(os.path.join(raw_dir, n)) and os.path.exists(os.path.join(crops_dir, n)))
@@ -148,14 +143,3 @@ def compare_with_mtcnn(embed, detector: ScrfdLandmarks, raw_dir: str, crops_dir:
         "insightface_vs_ours": vs_ours("insightface"), "mtcnn_lstsq_vs_ours": vs_ours("mtcnn_lstsq"),
         "pair_cosines": {k: pair_cosines(v) for k, v in e.items()},
     }
-
-
-def shifted_landmark_matrix(landmarks: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """The re-warp of a shipped crop onto the crop InsightFace's pipeline would make if its detector
-    put the landmarks ``offset`` (5 x 2, crop pixels) away from MTCNN's: the lstsq similarity from
-    the shifted crop-frame landmarks to the template."""
-    from arcface.align import ARCFACE_TEMPLATE, estimate_similarity
-    from bench.align_study.geometry import similarity
-
-    t, _ = similarity(landmarks, "lmeds")
-    return estimate_similarity(to_crop(landmarks, t) + offset, ARCFACE_TEMPLATE.astype(np.float64))
